@@ -1,0 +1,1 @@
+"""Pooh Pursues Patterns: the pieces two or more chapters share."""

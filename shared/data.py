@@ -1,0 +1,145 @@
+"""Text in, token batches out.
+
+`load_text(source)` understands:
+  wood              the Hundred Acre Wood generator (default; no files needed)
+  english           natural English that ships with Python (pydoc_data topics, ~465 KB)
+  path/to/file.txt  a local text file, or a folder of .txt/.md files
+  hf:NAME[:SPLIT[:COLUMN]]   a Hugging Face `datasets` dataset from local files or the HF cache
+                    (offline: HF_DATASETS_OFFLINE=1 is set, nothing is downloaded)
+  https://...       a URL, downloaded once into data/raw/ (only when you ask for one)
+
+`TokenData` holds train/val token arrays (saved under data/processed/) and samples batches.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shared import paths
+from shared.corpus import HundredAcreWood, english_text
+from shared.errors import WorkbookError
+
+
+def load_text(source: str = "wood", n_chars: int = 2_000_000, seed: int = 0) -> str:
+    if source == "wood":
+        return HundredAcreWood().text(n_chars, seed=seed)
+    if source == "english":
+        return english_text()
+    if source.startswith("hf:"):
+        return _load_hf(source[3:])
+    if source.startswith(("http://", "https://")):
+        return _load_url(source)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in {".txt", ".md"} and p.is_file())
+        if not files:
+            raise WorkbookError(f"folder {path} holds no .txt or .md files")
+        text = "\n\n".join(p.read_text(encoding="utf-8", errors="replace") for p in files)
+    elif path.is_file():
+        text = path.read_text(encoding="utf-8", errors="replace")
+    else:
+        raise WorkbookError(f"text source {source!r} is not 'wood', 'english', hf:NAME, a URL, or an existing file/folder")
+    if not text.strip():
+        raise WorkbookError(f"text source {source!r} is empty")
+    return text
+
+
+def _load_hf(spec: str) -> str:
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # never download behind the user's back
+    name, split, column = (spec.split(":") + ["train", "text"])[:3]
+    try:
+        from datasets import load_dataset
+
+        ds = load_dataset(name, split=split)
+    except Exception as e:  # datasets raises many types; one clear line is what matters
+        raise WorkbookError(f"cannot load HF dataset {name!r} split {split!r} offline: {type(e).__name__}: {e}") from e
+    if column not in ds.column_names:
+        raise WorkbookError(f"HF dataset {name!r} has no column {column!r} (columns: {ds.column_names})")
+    return "\n\n".join(str(x) for x in ds[column])
+
+
+def _load_url(url: str) -> str:
+    dest = paths.DATA_RAW / ("url-" + hashlib.sha1(url.encode()).hexdigest()[:16] + ".txt")
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with urllib.request.urlopen(url, timeout=30) as r:
+                data = r.read()
+        except Exception as e:
+            raise WorkbookError(f"cannot download {url}: {e}") from e
+        tmp = dest.with_suffix(".part")
+        tmp.write_bytes(data)
+        tmp.replace(dest)
+    return dest.read_text(encoding="utf-8", errors="replace")
+
+
+@dataclass
+class TokenData:
+    """Train/val token ids plus a batch sampler."""
+
+    train: np.ndarray
+    val: np.ndarray
+    boundaries: dict | None = None  # split -> array of indices where documents start (optional)
+
+    @classmethod
+    def from_text(cls, text: str, tokenizer, val_fraction: float = 0.1, doc_separator: str | None = None,
+                  cache: bool = True) -> "TokenData":
+        """Tokenize `text` (cached under data/processed by content + tokenizer) and split the
+        last `val_fraction` off for validation. With `doc_separator` (e.g. "\\n" for the
+        Hundred Acre Wood) the positions right after each separator are remembered, so
+        windows can start at document starts (`aligned=True`)."""
+        if not text:
+            raise WorkbookError("cannot make token data from empty text")
+        ids = _cached_encode(text, tokenizer) if cache else np.array(tokenizer.encode(text), dtype=np.int32)
+        n_val = max(1, int(len(ids) * val_fraction))
+        if len(ids) - n_val < 2:
+            raise WorkbookError(f"text too short: {len(ids)} tokens")
+        data = cls(ids[:-n_val], ids[-n_val:])
+        if doc_separator is not None:
+            sep = tokenizer.encode(doc_separator)
+            if len(sep) != 1:
+                raise WorkbookError(f"document separator {doc_separator!r} is not a single token")
+            data.boundaries = {s: np.flatnonzero(arr == sep[0]) for s, arr in (("train", data.train), ("val", data.val))}
+        return data
+
+    def get_batch(self, split: str, batch_size: int, seq_len: int, generator: torch.Generator | None = None,
+                  aligned: bool = False, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """Random windows: x = ids[i:i+T], y = ids[i+1:i+T+1]. `aligned` starts every window
+        at a document separator, so each predicted token has its document's full history."""
+        arr = self.train if split == "train" else self.val
+        if len(arr) <= seq_len + 1:
+            raise WorkbookError(f"{split} split has {len(arr)} tokens, fewer than seq_len+1 = {seq_len + 1}")
+        if aligned:
+            starts = self.boundaries[split] if self.boundaries else None
+            if starts is None:
+                raise WorkbookError("aligned batches need TokenData.from_text(..., doc_separator=...)")
+            starts = starts[starts < len(arr) - seq_len - 1]
+            ix = starts[torch.randint(len(starts), (batch_size,), generator=generator).numpy()]
+        else:
+            ix = torch.randint(len(arr) - seq_len - 1, (batch_size,), generator=generator).numpy()
+        x = np.stack([arr[i:i + seq_len] for i in ix]).astype(np.int64)
+        y = np.stack([arr[i + 1:i + seq_len + 1] for i in ix]).astype(np.int64)
+        x, y = torch.from_numpy(x), torch.from_numpy(y)
+        if torch.device(device).type != "cpu":
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        return x, y
+
+
+def _cached_encode(text: str, tokenizer) -> np.ndarray:
+    h = hashlib.sha1(text.encode())
+    h.update(tokenizer.fingerprint().encode())
+    path = paths.DATA_PROCESSED / "tokens" / f"{tokenizer.kind}-{h.hexdigest()[:16]}.npy"
+    if path.exists():
+        return np.load(path)
+    ids = np.array(tokenizer.encode(text), dtype=np.int32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, ids)
+    tmp.replace(path)
+    return ids

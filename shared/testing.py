@@ -1,0 +1,36 @@
+"""Helpers for the tests: import a chapter's module under a unique name, and run a
+chapter script as a user would (a subprocess, so its sys.path and exit code are real)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from shared import paths
+
+
+def load_chapter_module(chapter: str, module: str = "main"):
+    """Import chapters/<chapter>/<module>.py as `ch<chapter>_<module>` (chapters all have a
+    `main.py`, so their plain names would collide in sys.modules)."""
+    folder = paths.chapter_dir(chapter)
+    name = f"ch{chapter}_{module}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, folder / f"{module}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(folder))  # so the chapter's own `import visualize` works
+    try:
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(folder))
+    return mod
+
+
+def run_script(chapter: str, script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `python chapters/<chapter>/<script> args...`; returns the CompletedProcess."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
+    cmd = [sys.executable, str(paths.chapter_dir(chapter) / script), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=Path.cwd())
