@@ -56,6 +56,10 @@ def parser(chapter: str, description: str | None = None) -> argparse.ArgumentPar
     p.add_argument("--checkpoints", type=Path, default=paths.CHECKPOINTS,
                    help="where trained models are cached (default: models/checkpoints)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--text", default=None, metavar="SOURCE",
+                   help="text to train/evaluate on, where the chapter uses text: wood | english | a file or "
+                        "folder | hf:NAME[:SPLIT[:COLUMN]] (local/cached datasets) | an http(s) URL "
+                        "(default: the chapter's own choice)")
     return p
 
 

@@ -1,0 +1,159 @@
+"""The shared transformer: causality, attention implementations, GQA, RoPE, KV cache, HF parity."""
+import pytest
+import torch
+
+from shared.errors import WorkbookError
+from shared.model import GPT, GPTConfig, KVCache, apply_rope, rope_cos_sin, sample_logits
+
+VARIANTS = {
+    "gpt2-like": dict(),
+    "llama-gqa": dict(pos="rope", norm="rmsnorm", activation="swiglu", n_kv_head=2),
+    "alibi": dict(pos="alibi"),
+    "sinusoidal-window": dict(pos="sinusoidal", window=5),
+    "nopos-postnorm": dict(pos="none", norm_position="post"),
+    "moe": dict(n_experts=4, expert_top_k=2),
+}
+
+
+def tiny(**kw) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=40, block_size=32, n_layer=2, n_head=4, d_model=32, **kw)).eval()
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_future_tokens_never_change_past_logits(name):
+    m = tiny(**VARIANTS[name])
+    x = torch.randint(40, (2, 24))
+    y = x.clone()
+    y[:, 12:] = (y[:, 12:] + 7) % 40
+    assert torch.allclose(m(x)[:, :12], m(y)[:, :12], atol=1e-6)
+    assert not torch.allclose(m(x)[:, 12:], m(y)[:, 12:], atol=1e-3)  # and the future does change
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_explicit_attention_equals_sdpa(name):
+    m = tiny(**VARIANTS[name])
+    e = GPT(GPTConfig(**{**m.cfg.to_dict(), "attn_impl": "explicit"})).eval()
+    e.load_state_dict(m.state_dict())
+    x = torch.randint(40, (3, 20))
+    assert (m(x) - e(x)).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_kv_cache_logits_and_generation_match_uncached(name):
+    m = tiny(**VARIANTS[name])
+    x = torch.randint(40, (2, 20))
+    cache = KVCache(m.cfg, 2, 20)
+    chunks = [m(x[:, :7], cache=cache), m(x[:, 7:8], cache=cache), m(x[:, 8:], cache=cache)]
+    assert (torch.cat(chunks, 1) - m(x)).abs().max() < 1e-5
+    g1 = m.generate(x[:, :4], 12, temperature=0, use_cache=True)
+    g2 = m.generate(x[:, :4], 12, temperature=0, use_cache=False)
+    assert torch.equal(g1, g2)
+
+
+def test_gqa_equals_mha_with_repeated_kv_heads():
+    """GQA with 2 K/V heads == MHA whose K/V weights repeat each K/V head for its group of query heads."""
+    gqa = tiny(pos="rope", n_kv_head=2)
+    mha = tiny(pos="rope", n_kv_head=4)
+    state = gqa.state_dict()
+    hd = gqa.cfg.head_dim
+    for k, v in list(state.items()):
+        if k.endswith(("k_proj.weight", "v_proj.weight")):
+            heads = v.view(2, hd, -1)
+            state[k] = heads.repeat_interleave(2, dim=0).reshape(4 * hd, -1)
+    mha.load_state_dict(state)
+    x = torch.randint(40, (2, 16))
+    assert (gqa(x) - mha(x)).abs().max() < 1e-5
+    # and with independent K/V heads the models differ (the test can fail)
+    assert (gqa(x) - tiny(pos="rope", n_kv_head=4)(x)).abs().max() > 1e-3
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    torch.manual_seed(1)
+    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+
+    def score(m, n):
+        cq, sq = rope_cos_sin(torch.tensor([m]), 16)
+        ck, sk = rope_cos_sin(torch.tensor([n]), 16)
+        return (apply_rope(q, cq, sq) * apply_rope(k, ck, sk)).sum().item()
+
+    assert score(5, 2) == pytest.approx(score(103, 100), abs=1e-4)
+    assert score(5, 2) != pytest.approx(score(5, 3), abs=1e-3)
+    # rotation preserves length
+    c, s = rope_cos_sin(torch.tensor([37]), 16)
+    assert apply_rope(q, c, s).norm().item() == pytest.approx(q.norm().item(), rel=1e-5)
+
+
+def test_learned_positions_refuse_sequences_longer_than_the_table():
+    m = tiny()
+    with pytest.raises(WorkbookError, match="block_size"):
+        m(torch.zeros(1, 33, dtype=torch.long))
+
+
+def test_bad_config_is_one_clear_error():
+    with pytest.raises(WorkbookError, match="pos="):
+        GPTConfig(pos="spiral")
+    with pytest.raises(WorkbookError, match="n_kv_head"):
+        GPTConfig(n_head=4, n_kv_head=3)
+
+
+def test_sampling_greedy_topk_topp():
+    logits = torch.tensor([[1.0, 3.0, 2.0, -1.0]])
+    assert sample_logits(logits, temperature=0).item() == 1
+    g = torch.Generator().manual_seed(0)
+    assert {sample_logits(logits, top_k=1, generator=g).item() for _ in range(20)} == {1}
+    assert {sample_logits(logits, top_p=0.01, generator=g).item() for _ in range(20)} == {1}
+    assert len({sample_logits(logits, top_k=2, generator=g).item() for _ in range(200)}) == 2
+
+
+def test_flops_count_matches_parameter_count_for_dense_model():
+    m = tiny(tie_embeddings=False)
+    linear = sum(p.numel() for n, p in m.named_parameters() if p.dim() == 2 and "emb" not in n)
+    assert m.matmul_params() == linear
+    assert m.flops_per_token(10) == 6 * linear + 12 * 2 * 32 * 10
+
+
+def _hf_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, rope_theta=1000.0, max_position_embeddings=64,
+                      tie_word_embeddings=False)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def test_hf_llama_round_trip_identical_logits(tmp_path):
+    from shared import hf
+
+    ref = _hf_llama()
+    ours = hf.from_hf_llama(ref)
+    x = torch.randint(50, (2, 30))
+    with torch.no_grad():
+        assert (ref(x).logits - ours(x)).abs().max() < 1e-5
+        back = hf.to_hf_llama(ours)
+        assert (back(x).logits - ref(x).logits).abs().max() < 1e-5
+        hf.save_pretrained(ours, tmp_path / "m")
+        loaded = hf.load_pretrained(tmp_path / "m")
+        assert (loaded(x) - ours(x)).abs().max() < 1e-6
+
+
+def test_hf_gpt2_round_trip_identical_logits():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from shared import hf
+
+    torch.manual_seed(0)
+    ref = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=64, n_embd=32, n_layer=2, n_head=4)).eval()
+    ours = hf.from_hf_gpt2(ref)
+    x = torch.randint(50, (2, 30))
+    with torch.no_grad():
+        assert (ref(x).logits - ours(x)).abs().max() < 1e-5
+        assert (hf.to_hf_gpt2(ours)(x).logits - ref(x).logits).abs().max() < 1e-5
+
+
+def test_non_llama_config_cannot_export_to_llama():
+    from shared import hf
+
+    with pytest.raises(WorkbookError, match="Llama"):
+        hf.to_hf_llama(tiny())
