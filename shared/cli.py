@@ -148,6 +148,8 @@ class Run:
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
             "runtime_s": round(time.perf_counter() - self.started, 2),
+            # other work on the machine inflates wall times: say how busy it was
+            "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         }
 
     def save_results(self, results: dict) -> Path:
@@ -169,7 +171,8 @@ class Run:
         meta = self.metadata()
         block = (f"{NOTES_BEGIN}\n_Measured by `uv run chapters/{self.chapter}/{meta['command']}` on "
                  f"{meta['date']} — {meta['machine']}, device {meta['device']}, {meta['threads']} threads, "
-                 f"torch {meta['torch']}, {meta['runtime_s']:.0f} s wall._\n\n{markdown.strip()}\n{NOTES_END}")
+                 f"torch {meta['torch']}, {meta['runtime_s']:.0f} s wall, load average {meta['load_avg_1m']} "
+                 f"at the end (above {os.cpu_count()} means other work shared the CPU)._\n\n{markdown.strip()}\n{NOTES_END}")
         path = paths.chapter_dir(self.chapter) / "notes.md"
         text = path.read_text() if path.exists() else f"# {self.chapter}: measured results\n\n"
         if NOTES_BEGIN in text and NOTES_END in text:
