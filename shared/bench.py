@@ -2,6 +2,7 @@
 and the device's fp32 matmul peak that model-FLOPs utilisation (MFU) is reported against."""
 from __future__ import annotations
 
+import ctypes
 import resource
 import statistics
 import time
@@ -65,6 +66,26 @@ class PeakMemory:
     kind: str = ""
 
 
+_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+_malloc_configured = False
+
+
+def _release_freed_memory() -> None:
+    """Make RSS follow tensor allocations on Linux/glibc. glibc raises its mmap threshold
+    after large frees (up to 32 MiB), so a freed 8 MiB score matrix stays in the heap and
+    the next one reuses it without RSS growing: peak-RSS growth would read 0. Fixing the
+    threshold at 1 MiB gives every large tensor its own mapping, returned at free."""
+    global _malloc_configured
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    if not _malloc_configured:
+        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+        _malloc_configured = True
+    libc.malloc_trim(0)
+
+
 @contextmanager
 def peak_memory(device="cpu"):
     """`with peak_memory(dev) as m: ...` then `m.bytes` is the peak during the block:
@@ -80,6 +101,7 @@ def peak_memory(device="cpu"):
         torch.cuda.synchronize(device)
         m.bytes = torch.cuda.max_memory_allocated(device) - base
     else:
+        _release_freed_memory()
         _reset_rss_hwm()
         base = current_rss_bytes()
         m.kind = "process peak RSS growth"

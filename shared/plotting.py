@@ -19,11 +19,12 @@ def use_style() -> None:
                          "axes.titleweight": "bold", "figure.autolayout": False})
 
 
-def save_fig(fig, directory: Path, name: str) -> Path:
+def save_fig(fig, directory: Path, name: str, dpi: float | None = None) -> Path:
+    """Save `fig` as <directory>/<name>.png and close it; `dpi` overrides the style's for big grids."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}.png"
-    fig.savefig(path)
+    fig.savefig(path, **({"dpi": dpi} if dpi else {}))
     plt.close(fig)
     print(f"plot: {path}")
     return path
