@@ -398,7 +398,7 @@ class GPT(nn.Module):
         return logits, loss
 
     def aux_loss(self) -> torch.Tensor:
-        return sum(b.mlp.aux_loss for b in self.blocks if isinstance(b.mlp, MoE))
+        return sum(b.mlp.aux_loss for b in self.blocks if hasattr(b.mlp, "aux_loss"))  # any MoE-like mlp
 
     # -- generation --------------------------------------------------------------
     @torch.no_grad()
