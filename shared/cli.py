@@ -150,6 +150,9 @@ class Run:
             "runtime_s": round(time.perf_counter() - self.started, 2),
             # other work on the machine inflates wall times: say how busy it was
             "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+            # CPU seconds this process (and its children) used: unlike wall time, barely moved by
+            # other work on the machine; with one thread it is close to the wall time on an idle CPU
+            "cpu_s": round(_cpu_seconds(), 1),
         }
 
     def save_results(self, results: dict) -> Path:
@@ -171,7 +174,7 @@ class Run:
         meta = self.metadata()
         block = (f"{NOTES_BEGIN}\n_Measured by `uv run chapters/{self.chapter}/{meta['command']}` on "
                  f"{meta['date']} — {meta['machine']}, device {meta['device']}, {meta['threads']} threads, "
-                 f"torch {meta['torch']}, {meta['runtime_s']:.0f} s wall, load average {meta['load_avg_1m']} "
+                 f"torch {meta['torch']}, {meta['runtime_s']:.0f} s wall ({meta['cpu_s']:.0f} s CPU), load average {meta['load_avg_1m']} "
                  f"at the end (above {os.cpu_count()} means other work shared the CPU)._\n\n{markdown.strip()}\n{NOTES_END}")
         path = paths.chapter_dir(self.chapter) / "notes.md"
         text = path.read_text() if path.exists() else f"# {self.chapter}: measured results\n\n"
@@ -185,6 +188,13 @@ class Run:
         atomic_write_bytes(path, text.encode())
         print(f"notes: {path}")
         return path
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 NOTES_BEGIN = "<!-- measured:begin (written by main.py on a default run; edit outside this block) -->"
