@@ -1,0 +1,182 @@
+"""12 · Fine-tuning: redraw every plot from the results JSON (never retrains).
+
+    uv run chapters/12_finetuning/visualize.py [--quick|--full] [--out DIR]
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from shared import cli, plotting
+from shared.errors import WorkbookError
+from shared.results import load_json
+
+CHAPTER = "12_finetuning"
+RL_ORDER = ["PPO", "GRPO", "DPO", "PPO, no KL"]
+MARKERS = {"PPO": "o", "GRPO": "s", "DPO": "^", "PPO, no KL": "X"}
+
+
+def draw(results_path: Path, plots_dir: Path, animations_dir: Path | None = None) -> list[Path]:
+    results_path = Path(results_path)
+    if not results_path.exists():
+        raise WorkbookError(f"no results at {results_path}; run chapters/{CHAPTER}/main.py first (same preset flags)")
+    r = load_json(results_path)
+    plotting.use_style()
+    return [sft_and_lora(r, plots_dir), reward_model(r, plots_dir), reward_vs_kl(r, plots_dir),
+            generations(r, plots_dir)]
+
+
+def _smooth(y, k: int = 5):
+    y = np.asarray(y, dtype=float)
+    if len(y) < k:
+        return y
+    return np.convolve(np.pad(y, (k // 2, k - 1 - k // 2), mode="edge"), np.ones(k) / k, mode="valid")
+
+
+# ----------------------------------------------------------------------------- 1. SFT and LoRA
+def sft_and_lora(r: dict, plots_dir: Path) -> Path:
+    sft, lo = r["sft"], r["lora"]
+    tasks = list(sft["after"]["per_task"])
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6), gridspec_kw={"width_ratios": [2.2, 1.4, 1]})
+    ax = axes[0]
+    x = np.arange(len(tasks) + 1)
+    for j, (label, acc) in enumerate([("base model", sft["before"]), ("SFT, full", sft["after"]),
+                                      (f"SFT, LoRA r={lo['rank']}", lo["accuracy"])]):
+        vals = [acc["per_task"].get(t, 0.0) for t in tasks] + [acc["overall"]]
+        ax.bar(x + (j - 1) * 0.27, vals, width=0.27, label=label, color=f"C{j}")
+    ax.set_xticks(x, tasks + ["all"])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("exact match (greedy)")
+    ax.set_title(f"held-out questions ({r['data']['test_examples']}), per task")
+    ax.legend(fontsize=8, loc="upper left")
+
+    ax = axes[1]
+    for label, losses, color in (("full fine-tuning", sft["losses"], "C1"), (f"LoRA r={lo['rank']}", lo["losses"], "C2")):
+        ax.plot(losses, alpha=0.3, color=color)
+        ax.plot(_smooth(losses), color=color, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("answer-token loss (nats)")
+    ax.set_title("SFT loss, answer tokens only" if not r.get("unmasked") else "SFT loss, prompt + answer (unmasked)")
+    ax.legend(fontsize=8)
+
+    ax = axes[2]
+    names = ["full", "LoRA A, B", "new rows"]
+    vals = [lo["full_params"], lo["lora_params"], lo["new_row_params"]]
+    bars = ax.bar(names, vals, color=["C1", "C2", "C2"])
+    bars[2].set_alpha(0.5)
+    ax.set_yscale("log")
+    for b, v in zip(bars, vals):
+        ax.annotate(f"{v:,}", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
+    ax.set_title("trainable parameters")
+    fig.suptitle("Supervised fine-tuning: full vs LoRA", y=1.02)
+    return plotting.save_fig(fig, plots_dir, "sft_lora")
+
+
+# ----------------------------------------------------------------------------- 2. reward model
+def reward_model(r: dict, plots_dir: Path) -> Path:
+    rm = r["reward_model"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    ax = axes[0]
+    ax.plot(rm["losses"], alpha=0.3, color="C0")
+    ax.plot(_smooth(rm["losses"]), color="C0", label="Bradley-Terry loss")
+    ax.axhline(np.log(2), ls="--", color="gray", lw=1)
+    ax.annotate("ln 2: can't tell the answers apart", (0, np.log(2)), xytext=(2, 3), textcoords="offset points",
+                fontsize=8, color="gray")
+    ax.set_xlabel("step")
+    ax.set_ylabel("-log sigmoid(r_good - r_bad)")
+    ax.set_title("reward model training")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    per = rm["accuracy"]["per_task"]
+    names = list(per) + ["all"]
+    vals = list(per.values()) + [rm["accuracy"]["overall"]]
+    bars = ax.bar(names, vals, color=["C0"] * len(per) + ["C3"])
+    for b, v in zip(bars, vals):
+        ax.annotate(f"{v:.0%}", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
+    ax.axhline(0.5, ls="--", color="gray", lw=1)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("held-out pairs ranked correctly")
+    ax.set_title(f"does r(true answer) > r(wrong answer)? ({r['data']['pairs_test']} pairs)")
+    return plotting.save_fig(fig, plots_dir, "reward_model")
+
+
+# ----------------------------------------------------------------------------- 3. RL: reward vs KL
+def reward_vs_kl(r: dict, plots_dir: Path) -> Path:
+    curves, final = r["rl"]["curves"], r["rl"]["final"]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8), gridspec_kw={"width_ratios": [1.4, 1, 1]})
+    pal = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = {name: pal[i] for i, name in enumerate(RL_ORDER)}
+    ax = axes[0]
+    for name in RL_ORDER:
+        c = curves.get(name)
+        if not c:
+            continue
+        kl, rew = _smooth([p["kl"] for p in c], 3), _smooth([p["reward"] for p in c], 3)
+        ax.plot(kl, rew, "-", color=colors[name], alpha=0.6, lw=1.2)
+        ax.scatter(kl[-1], rew[-1], marker=MARKERS[name], color=colors[name], s=70, zorder=3, label=name)
+        ax.scatter(final[name]["kl"], final[name]["reward"], marker=MARKERS[name], facecolor="none",
+                   edgecolor=colors[name], s=120, lw=1.5, zorder=3)
+    ax.scatter(final["SFT"]["kl"], final["SFT"]["reward"], marker="*", color="black", s=150, zorder=4,
+               label="SFT (start)")
+    ax.set_xlabel("KL(policy || SFT) per answer, nats")
+    ax.set_ylabel("reward-model score")
+    ax.set_title("reward vs KL\n(line: training, filled: last update, hollow: held-out)", fontsize=11)
+    ax.legend(fontsize=8)
+    for ax, key, label in ((axes[1], "accuracy", "sampled answers that are correct"),
+                           (axes[2], "validity", "sampled answers that are well-formed")):
+        for name in RL_ORDER:
+            c = curves.get(name)
+            if c:
+                ax.plot([p["step"] for p in c], _smooth([p[key] for p in c], 3), marker=MARKERS[name],
+                        markersize=4, color=colors[name], label=name)
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_xlabel("update (DPO: step)")
+        ax.set_ylabel(label)
+        ax.set_title(f"{key} during RL\n(vs the truth, not the reward model)", fontsize=11)
+    axes[1].legend(fontsize=8)
+    return plotting.save_fig(fig, plots_dir, "reward_vs_kl")
+
+
+# ----------------------------------------------------------------------------- 4. example generations
+def generations(r: dict, plots_dir: Path) -> Path:
+    final = r["rl"]["final"]
+    names = ["SFT"] + [n for n in RL_ORDER if n in final]
+    samples = final["SFT"]["samples"]
+    show = r["sft"]["examples"]
+    lines = ["SFT on held-out questions (greedy):"]
+    for s in show:
+        lines.append(f"  {s['question']}  gold: {s['gold']!r}")
+        lines.append(f"      base: {s['before'][:40]!r}   SFT: {s.get('after_sft', '')!r}   LoRA: {s.get('after_lora', '')!r}")
+    lines.append("")
+    lines.append("RL policies, one sample each (temperature 1) on held-out prompts:")
+    for i, s in enumerate(samples):
+        lines.append(f"  {s['question']}  gold: {s['gold']!r}")
+        lines.append("      " + "   ".join(f"{n}: {final[n]['samples'][i]['answer']!r}" for n in names
+                                         if i < len(final[n]["samples"])))
+    fig, ax = plt.subplots(figsize=(15, 0.2 * len(lines) + 0.4))
+    ax.axis("off")
+    ax.text(0, 1, "\n".join(lines), family="monospace", fontsize=9, va="top", ha="left", transform=ax.transAxes)
+    ax.set_title("what the models answer", loc="left")
+    return plotting.save_fig(fig, plots_dir, "generations")
+
+
+def main(argv=None):
+    p = cli.parser(CHAPTER, __doc__)
+    p.add_argument("--unmasked", action="store_true", help=argparse_suppress())
+    p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--kl-beta", type=float, default=0.1)
+    run = cli.setup(p, argv, header=False)
+    draw(run.results_path, run.plots_dir, run.animations_dir)
+
+
+def argparse_suppress():
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+if __name__ == "__main__":
+    cli.run_main(main)

@@ -1,0 +1,297 @@
+"""Chapter 12 · Fine-tuning: answer-only label masking, LoRA (merged == unmerged, only A and B
+learn), the reward/DPO/PPO/GRPO objectives against values worked out by hand, the
+teacher-forced exact match against real greedy decoding, and the scripts end to end."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from shared.model import GPT, GPTConfig
+from shared.testing import load_chapter_module, run_script
+
+CHAPTER = "12_finetuning"
+m = load_chapter_module(CHAPTER, "main")
+O = m.obj
+L = m.lora_lib
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_gpt(vocab=53, seed=0):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=vocab, n_layer=2, n_head=2, d_model=32, block_size=64, pos="rope",
+                         norm="rmsnorm", activation="swiglu", bias=False, tie_embeddings=False)).eval()
+
+
+def tok():
+    base = "\n \",.EGHIKLOPRTabcdefghiklmnoprstuvwy"
+    return m.GrownCharTokenizer(base, "0123456789:?AQSW")
+
+
+# ----------------------------------------------------------------------------- SFT masking
+def test_sft_labels_mask_the_prompt():
+    x, y = O.sft_example([10, 11, 12], [20, 21])
+    assert x == [10, 11, 12, 20]
+    assert y == [O.IGNORE, O.IGNORE, 20, 21]  # predicting 11 and 12 is not scored; 20 and 21 are
+
+
+def test_sft_batch_scores_exactly_the_answer_and_end():
+    t = tok()
+    exs = [m.Example("color", "Story: Pooh.\nQuestion: What?\nAnswer:", " red"),
+           m.Example("hero", "Story: Owl.\nQuestion: Who?\nAnswer:", " Owl")]
+    x, y = m.sft_batch(t, exs)
+    for row_x, row_y, ex in zip(x, y, exs):
+        scored = row_y[row_y != O.IGNORE].tolist()
+        assert t.decode(scored) == ex.answer + "\n"
+        n = len(ex.prompt) + len(ex.answer) + 1 - 1
+        assert t.decode(row_x[:n].tolist()) == (ex.prompt + ex.answer + "\n")[:-1]  # inputs: everything but the last
+    # the masked loss is the mean cross-entropy over answer positions only, by hand
+    model = tiny_gpt()
+    logits, loss = model(x, y)
+    logp = logits.log_softmax(-1)
+    picks = [-logp[b, t_, y[b, t_]] for b in range(2) for t_ in range(y.shape[1]) if y[b, t_] != O.IGNORE]
+    assert loss.item() == pytest.approx(torch.stack(picks).mean().item(), rel=1e-5)
+
+
+def test_unmasked_variant_scores_the_prompt_too():
+    t = tok()
+    ex = m.Example("hero", "Story: Owl.\nAnswer:", " Owl")
+    _, y = m.sft_batch(t, [ex], masked=False)
+    assert (y != O.IGNORE).sum().item() == len(ex.prompt) + len(ex.answer)
+
+
+def test_token_logprobs_zero_on_ignored():
+    logits = torch.randn(2, 3, 5)
+    labels = torch.tensor([[1, O.IGNORE, 4], [O.IGNORE, O.IGNORE, 0]])
+    lp = O.token_logprobs(logits, labels)
+    assert lp[0, 1] == 0 and lp[1, 0] == 0
+    assert lp[0, 2].item() == pytest.approx(logits[0, 2].log_softmax(-1)[4].item(), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- exact match == greedy decoding
+def test_teacher_forced_exact_match_equals_greedy_decoding(monkeypatch):
+    """Take what greedy decoding actually produces after a prompt; declare its first tokens the
+    gold answer and its next token the end symbol. Teacher-forced exact match must then be 1,
+    and 0 as soon as one answer character is changed."""
+    t = tok()
+    prompt = "Story: Pooh had a red kite.\nQuestion: Who?\nAnswer:"
+    for seed in range(50):  # a random tiny model often repeats one character; find one that does not
+        model = tiny_gpt(seed=seed)
+        text = t.decode(model.generate(torch.tensor([t.encode(prompt)]), 4, temperature=0)[0, len(prompt):].tolist())
+        if text[3] not in text[:3]:
+            break
+    else:
+        raise AssertionError("no seed gave a usable greedy continuation")
+    monkeypatch.setattr(m, "END", text[3])
+    assert m.exact_match(model, t, [m.Example("x", prompt, text[:3])])["overall"] == 1.0
+    wrong = ("a" if text[0] != "a" else "b") + text[1:3]
+    assert m.exact_match(model, t, [m.Example("x", prompt, wrong)])["overall"] == 0.0
+    too_short = text[:2]  # stopping one token early is not an exact match either
+    assert m.exact_match(model, t, [m.Example("x", prompt, too_short)])["overall"] == 0.0
+
+
+# ----------------------------------------------------------------------------- vocabulary growth
+def test_grown_vocab_keeps_old_ids_and_old_logits():
+    t = tok()
+    base = tiny_gpt(vocab=t.n_base)
+    grown = m.grow_vocab(base, t.vocab_size - t.n_base, seed=0).eval()
+    assert t.encode("Pooh?") == ["\n \",.EGHIKLOPRTabcdefghiklmnoprstuvwy".index(c) for c in "Pooh"] + [t.n_base + 11]
+    x = torch.tensor([t.encode("Pooh had a red kite.")])
+    with torch.no_grad():
+        assert torch.allclose(grown(x)[..., :t.n_base], base(x), atol=1e-6)
+    new = grown.tok_emb.weight[t.n_base:]
+    assert torch.allclose(new.mean(0), base.tok_emb.weight.mean(0), atol=0.02)
+
+
+# ----------------------------------------------------------------------------- LoRA
+def test_lora_starts_at_base_and_merged_equals_unmerged():
+    torch.manual_seed(0)
+    lin = nn.Linear(16, 12)
+    ref = lin(torch.ones(1, 16)).detach()
+    lo = L.LoRALinear(lin, r=4, alpha=8)
+    x = torch.randn(5, 16)
+    assert torch.allclose(lo(torch.ones(1, 16)), ref)  # B = 0: exactly the base layer
+    with torch.no_grad():
+        lo.B.normal_()
+    unmerged = lo(x)
+    expected = x @ (lin.weight + lo.B @ lo.A * 2.0).T + lin.bias  # W + (alpha/r) B A
+    assert torch.allclose(unmerged, expected, atol=1e-5)
+    assert torch.linalg.matrix_rank(lo.delta_weight()).item() <= 4
+    w0 = lin.weight.detach().clone()
+    lo.merge()
+    assert not torch.allclose(lin.weight, w0)  # the update really moved into W
+    assert torch.allclose(lo(x), unmerged, atol=1e-5)
+    lo.unmerge()
+    assert torch.allclose(lin.weight, w0, atol=1e-6)
+    assert torch.allclose(lo(x), unmerged, atol=1e-5)
+
+
+def test_only_A_and_B_get_gradients():
+    model = tiny_gpt()
+    wrappers = L.add_lora(model, r=2, alpha=4)
+    assert len(wrappers) == 2 * 7  # 4 attention + 3 SwiGLU projections per layer
+    for w in wrappers:
+        with torch.no_grad():
+            w.B.normal_()
+    x = torch.randint(0, 53, (2, 10))
+    model(x, x)[1].backward()
+    for name, p in model.named_parameters():
+        if name.endswith((".A", ".B")):
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+        else:
+            assert p.grad is None and not p.requires_grad, name
+    counts = L.count_params(model)
+    assert counts["trainable"] == sum(w.A.numel() + w.B.numel() for w in wrappers)
+
+
+def test_new_rows_only_hook():
+    model = tiny_gpt(vocab=20)
+    L.add_lora(model, r=2)
+    n = m.train_only_new_rows(model, n_base=15)
+    assert n == 5 * 32 * 2
+    x = torch.randint(0, 20, (2, 10))
+    model(x, x)[1].backward()
+    for w in (model.tok_emb.weight, model.lm_head.weight):
+        assert w.grad[:15].abs().sum() == 0 and w.grad[15:].abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------- reward model losses
+def test_bradley_terry_closed_form():
+    good, bad = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])
+    expected = (math.log(1 + math.exp(-1)) + math.log(1 + math.exp(2))) / 2
+    assert O.bradley_terry_loss(good, bad).item() == pytest.approx(expected, rel=1e-6)
+    # huge negative margins stay finite (logsigmoid, not log(sigmoid))
+    assert O.bradley_terry_loss(torch.tensor([0.0]), torch.tensor([200.0])).item() == pytest.approx(200.0)
+
+
+def test_margin_ranking_matches_torch():
+    good, bad = torch.randn(50), torch.randn(50)
+    ours = O.margin_ranking_loss(good, bad, margin=0.5)
+    assert ours.item() == pytest.approx(F.margin_ranking_loss(good, bad, torch.ones(50), margin=0.5).item(), rel=1e-6)
+
+
+def test_reward_model_reads_last_real_token_despite_padding():
+    t = tok()
+    rm = m.RewardModel(tiny_gpt())
+    nn.init.normal_(rm.head.weight)
+    texts = ["Story: Pooh.\nAnswer: red\n", "Story: Owl had a kite.\nAnswer: Owl\n"]
+    together = rm(*m.rm_inputs(t, texts))
+    alone = torch.cat([rm(*m.rm_inputs(t, [s])) for s in texts])
+    assert torch.allclose(together, alone, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- DPO
+def test_dpo_loss_by_hand():
+    pg, pb, rg, rb = torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.5])
+    # margin = beta * ((-1 - -2) - (-3 - -2.5)) = 0.5 * (1 + 0.5) = 0.75
+    loss, margin = O.dpo_loss(pg, pb, rg, rb, beta=0.5)
+    assert margin.item() == pytest.approx(0.75)
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-0.75)), rel=1e-6)
+    # policy == reference: loss is log 2 whatever the log-probs
+    assert O.dpo_loss(pg, pb, pg, pb)[0].item() == pytest.approx(math.log(2), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- PPO pieces
+def test_ppo_clip_by_hand():
+    logp_old = torch.zeros(1, 4)
+    logp_new = torch.log(torch.tensor([[1.5, 0.5, 1.1, 2.0]]))
+    adv = torch.tensor([[1.0, -1.0, 2.0, 1.0]])
+    mask = torch.tensor([[1, 1, 1, 0]], dtype=torch.bool)
+    # token 0: ratio 1.5, A=1 -> min(1.5, 1.2) = 1.2;  token 1: ratio 0.5, A=-1 -> min(-0.5, -0.8) = -0.8
+    # token 2: ratio 1.1, A=2 -> 2.2 (inside the clip);  token 3: masked out
+    loss, clipped = O.ppo_clip_loss(logp_new, logp_old, adv, mask, clip=0.2)
+    assert loss.item() == pytest.approx(-(1.2 - 0.8 + 2.2) / 3, rel=1e-5)
+    assert clipped.item() == pytest.approx(2 / 3)
+
+
+def test_gae_by_hand():
+    rewards = torch.tensor([[0.0, 0.0, 1.0, 0.0]])
+    values = torch.tensor([[0.5, 0.6, 0.7, 9.0]])
+    mask = torch.tensor([[1, 1, 1, 0]], dtype=torch.bool)
+    gamma, lam = 0.9, 0.8
+    d2 = 1.0 + gamma * 0 - 0.7            # last real token: the next value is 0 (episode over)
+    d1 = 0.0 + gamma * 0.7 - 0.6
+    d0 = 0.0 + gamma * 0.6 - 0.5
+    a2 = d2
+    a1 = d1 + gamma * lam * a2
+    a0 = d0 + gamma * lam * a1
+    adv, ret = O.gae(rewards, values, mask, gamma, lam)
+    assert adv[0].tolist() == pytest.approx([a0, a1, a2, 0.0], rel=1e-5)
+    assert ret[0, :3].tolist() == pytest.approx([a0 + 0.5, a1 + 0.6, a2 + 0.7], rel=1e-5)
+    # gamma = lam = 1: every advantage is the final reward minus the value (Monte Carlo)
+    adv1, _ = O.gae(rewards, values, mask, 1.0, 1.0)
+    assert adv1[0, :3].tolist() == pytest.approx([0.5, 0.4, 0.3], rel=1e-5)
+
+
+def test_kl_estimates_by_hand_and_unbiased():
+    lp, lq = torch.log(torch.tensor([0.5])), torch.log(torch.tensor([0.25]))
+    est = O.kl_estimates(lp, lq)
+    assert est["k1"].item() == pytest.approx(math.log(2))
+    assert est["k3"].item() == pytest.approx(0.5 - 1 - math.log(0.5))
+    # Monte Carlo: samples from p, both estimators average to the exact KL(p || q)
+    g = torch.Generator().manual_seed(0)
+    p, q = torch.tensor([0.6, 0.3, 0.1]), torch.tensor([0.2, 0.5, 0.3])
+    s = torch.multinomial(p, 200_000, replacement=True, generator=g)
+    est = O.kl_estimates(p.log()[s], q.log()[s])
+    exact = (p * (p / q).log()).sum().item()
+    assert est["k1"].mean().item() == pytest.approx(exact, abs=0.01)
+    assert est["k3"].mean().item() == pytest.approx(exact, abs=0.01)
+    assert (est["k3"] >= 0).all()
+
+
+def test_grpo_advantages_by_hand():
+    r = torch.tensor([[1.0, 0.0, 0.0, 1.0], [2.0, 2.0, 2.0, 5.0]])
+    a = O.grpo_advantages(r)
+    std0 = math.sqrt(4 * 0.25 / 3)     # unbiased std of [1, 0, 0, 1]
+    assert a[0].tolist() == pytest.approx([0.5 / std0, -0.5 / std0, -0.5 / std0, 0.5 / std0], rel=1e-5)
+    std1 = math.sqrt((3 * 0.75 ** 2 + 2.25 ** 2) / 3)
+    assert a[1].tolist() == pytest.approx([-0.75 / std1] * 3 + [2.25 / std1], rel=1e-5)
+    assert O.grpo_advantages(torch.ones(1, 4)).abs().max() == 0  # all equal: nothing to learn
+
+
+# ----------------------------------------------------------------------------- the scripts
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ch12")
+    r = run_script(CHAPTER, "main.py", "--quick", "--threads", "1", "--out", out, "--checkpoints", out / "ck")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out, json.loads((out / "results" / f"{CHAPTER}.json").read_text())
+
+
+def test_quick_run_results(quick_run):
+    out, res = quick_run
+    h = res["headline"]
+    for k in ("sft_exact_match_before", "sft_exact_match_after", "lora_exact_match", "reward_model_accuracy"):
+        assert 0.0 <= h[k] <= 1.0
+    assert res["lora"]["merge_max_abs_diff"] < 1e-4
+    assert 0 < h["lora_trainable_share"] < 0.5
+    assert set(res["rl"]["curves"]) == {"PPO", "PPO, no KL", "GRPO", "DPO"}
+    assert res["rl"]["final"]["SFT"]["kl"] == pytest.approx(0.0, abs=1e-5)  # the reference against itself
+    assert len(res["sft"]["losses"]) == res["config"]["sft_steps"]
+    assert list((out / "plots" / CHAPTER).glob("*.png"))
+
+
+def test_visualize_redraws(quick_run):
+    out, _ = quick_run
+    for png in (out / "plots" / CHAPTER).glob("*.png"):
+        png.unlink()
+    r = run_script(CHAPTER, "visualize.py", "--quick", "--out", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(list((out / "plots" / CHAPTER).glob("*.png"))) >= 4
+
+
+def test_bad_input_exits_2(tmp_path):
+    r = run_script(CHAPTER, "main.py", "--quick", "--lora-rank", "0", "--out", tmp_path)
+    assert r.returncode == 2
+    assert [line for line in r.stderr.splitlines() if line.strip()] == ["error: --lora-rank must be at least 1, got 0"]
