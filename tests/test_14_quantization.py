@@ -1,0 +1,285 @@
+"""Chapter 14 · Quantization: the quantizers' error bound, int4 packing, AWQ's search on planted
+outlier channels, the AutoAWQ GEMM layout, W8A8 against a float reference, the straight-through
+estimator, shared/gguf_export.py (gguf's reader, the RoPE permutation, and llama.cpp when it
+imports), and the scripts end to end."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from shared import gguf_export, stacks
+from shared.errors import WorkbookError
+from shared.model import GPT, GPTConfig, apply_rope, rope_cos_sin
+from shared.testing import load_chapter_module, run_script
+from shared.tokenizer import CharTokenizer
+
+CHAPTER = "14_quantization"
+main = load_chapter_module(CHAPTER, "main")
+Q, awq = main.Q, main.awq
+QuantSpec = Q.QuantSpec
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def weights(rows=48, cols=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(rows, cols, generator=g) * 0.05
+    w[3, 7] = 0.9          # one big weight: stretches its tensor / row / group range
+    w[10] += 0.2           # an all-positive-shifted row: where zero-point beats absmax
+    return w
+
+
+# ----------------------------------------------------------------------------- quantizers
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("group", ["tensor", "channel", 16])
+def test_rounding_error_is_at_most_half_a_step(bits, symmetric, group):
+    w = weights()
+    qt = Q.quantize(w, QuantSpec(bits, symmetric, group))
+    err = (Q.dequantize(qt) - w).abs()
+    assert (err <= Q.element_scale(qt) / 2 * (1 + 1e-5) + 1e-9).all()
+    assert qt.q.min() >= qt.spec.qmin and qt.q.max() <= qt.spec.qmax
+    if symmetric:  # absmax: the largest |w| of each block lands exactly on +-qmax
+        assert (qt.q.abs().amax() == qt.spec.qmax)
+
+
+def test_finer_granularity_and_more_bits_reduce_error():
+    w = weights()
+    rel = lambda spec: float((Q.quant_dequant(w, spec) - w).norm() / w.norm())  # noqa: E731
+    assert rel(QuantSpec(4, True, "tensor")) > rel(QuantSpec(4, True, "channel")) > rel(QuantSpec(4, True, 16))
+    assert rel(QuantSpec(8, True, 16)) < rel(QuantSpec(4, True, 16)) / 8     # ~16x smaller steps
+    assert rel(QuantSpec(4, False, 16)) < rel(QuantSpec(4, True, 16))         # zero-point uses all 16 levels
+
+
+def test_known_values_absmax_int8():
+    w = torch.tensor([[0.5, -1.0, 0.25, 1.0 / 127]])
+    qt = Q.quantize(w, QuantSpec(8, True, "channel"))
+    assert torch.allclose(qt.scale, torch.tensor([[1.0 / 127]]))
+    assert qt.q.tolist() == [[64, -127, 32, 1]]   # 63.5 rounds to even (64), exactly like torch.round
+
+
+def test_int4_packing_round_trip():
+    qt = Q.quantize(weights(), QuantSpec(4, False, 16))
+    packed = Q.pack_int4(qt.q)
+    assert packed.dtype == torch.uint8 and packed.numel() * 2 == qt.q.numel()
+    assert torch.equal(Q.unpack_int4(packed), qt.q)
+    assert Q.pack_int4(torch.tensor([[1, 2]])).item() == 0x21        # element 0 low nibble, 1 high
+    signed = Q.quantize(weights(), QuantSpec(4, True, 16)).q          # -7..7 stored with offset 8
+    assert torch.equal(Q.unpack_int4(Q.pack_int4(signed), signed=True), signed)
+    for bits in (2, 3):
+        codes = Q.quantize(weights(), QuantSpec(bits, False, 16)).q
+        packed = Q.pack_bits(codes, bits)
+        assert packed.size == math.ceil(codes.numel() * bits / 8)
+        assert np.array_equal(Q.unpack_bits(packed, bits, codes.numel()), codes.flatten().numpy())
+
+
+def test_straight_through_estimator_passes_gradient():
+    w = weights().requires_grad_()
+    spec = QuantSpec(3, False, 16)
+    out = Q.FakeQuant.apply(w, spec)
+    assert torch.equal(out.detach(), Q.quant_dequant(w.detach(), spec))
+    upstream = torch.randn_like(w)
+    out.backward(upstream)
+    assert torch.equal(w.grad, upstream)   # round() would give zero gradient without the STE
+
+
+def test_w8a8_matches_float_and_int_kernel():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 96, bias=False)
+    x = torch.randn(2, 20, 64)
+    x[..., 5] *= 20  # an outlier channel
+    ref = lin(x)
+    sim = Q.W8A8Linear(lin, use_int_mm=False)(x)
+    assert ((sim - ref).norm() / ref.norm()) < 0.03
+    if Q.int_mm_available():
+        torch.testing.assert_close(Q.W8A8Linear(lin, use_int_mm=True)(x), sim, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- AWQ
+def test_awq_search_protects_planted_outlier_channels():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2048, 128, generator=g)
+    loud = torch.tensor([3, 40, 77, 100])
+    x[:, loud] *= 30.0
+    w = torch.randn(64, 128, generator=g) * 0.05
+    spec = QuantSpec(4, False, 32)
+    s, alpha, curve = awq.search_scale([w], x, spec, grid=20)
+    assert curve[0] == pytest.approx(awq.output_error([w], x, torch.ones(128), spec))  # alpha 0 == RTN
+    assert alpha > 0 and min(curve) < 0.7 * curve[0]
+    assert s[loud].min() > s[~torch.isin(torch.arange(128), loud)].max()   # the loud channels scaled up
+    assert s.max() * s.min() == pytest.approx(1.0, rel=1e-4)
+
+
+def tiny_llama(seed=0, vocab=40, layers=2):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=vocab, n_layer=layers, n_head=4, d_model=64, block_size=64, pos="rope",
+                         norm="rmsnorm", activation="swiglu", tie_embeddings=False)).eval()
+
+
+def test_awq_folding_leaves_the_float_model_unchanged():
+    model = tiny_llama()
+    x = torch.randint(0, 40, (2, 32))
+    inputs = awq.collect_inputs(model, [x])
+    folded, report = awq.apply_awq(model, inputs, QuantSpec(4, False, 32), grid=6)
+    assert {r["group"] for r in report} == {"qkv", "o", "gate_up", "down"}
+    torch.testing.assert_close(folded(x), model(x), atol=1e-4, rtol=1e-4)
+    assert all(r["awq_error"] <= r["rtn_error"] for r in report)
+
+
+def test_awq_gemm_layout_round_trip():
+    assert awq.AWQ_REVERSE == (0, 4, 1, 5, 2, 6, 3, 7)
+    packed = awq.pack_awq(torch.arange(8)[None])
+    assert packed.item() == 0x75316420   # nibble slot i holds column ORDER[i]: 7,5,3,1,6,4,2,0 from the top
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 16, (32, 48), generator=g)
+    assert torch.equal(awq.unpack_awq(awq.pack_awq(codes)), codes)
+    w = weights(rows=48, cols=64)
+    t = awq.to_awq_gemm(w, group=16)
+    assert t["qweight"].shape == (64, 6) and t["qweight"].dtype == torch.int32
+    assert t["qzeros"].shape == (4, 6) and t["scales"].shape == (4, 48) and t["scales"].dtype == torch.float16
+    qt = Q.quantize(w, QuantSpec(4, False, 16))
+    assert torch.equal(awq.unpack_awq(t["qweight"]).T, qt.q.long())
+    # dequantized with the stored fp16 scales == the chapter's own dequant up to fp16 rounding of the scale
+    torch.testing.assert_close(awq.from_awq_gemm(t, 16), awq.awq_rtn_reference(w, 16), atol=1e-3 * w.abs().max().item(),
+                               rtol=1e-3)
+
+
+# ----------------------------------------------------------------------------- GGUF (shared/gguf_export.py)
+def interleaved_rope(x, positions, theta=10000.0):
+    """llama.cpp's 'normal' RoPE: dims (2i, 2i+1) rotate together by angle p * theta^(-2i/d)."""
+    d = x.shape[-1]
+    inv = 1.0 / theta ** (torch.arange(0, d, 2).float() / d)
+    ang = positions.float()[:, None] * inv[None]
+    a, b = x[..., 0::2], x[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = a * ang.cos() - b * ang.sin()
+    out[..., 1::2] = a * ang.sin() + b * ang.cos()
+    return out
+
+
+def test_qk_permutation_turns_rotate_half_into_interleaved_rope():
+    torch.manual_seed(0)
+    heads, hd, d, t = 2, 8, 16, 5
+    wq, wk, x = torch.randn(heads * hd, d), torch.randn(heads * hd, d), torch.randn(t, d)
+    pos = torch.arange(t)
+    cos, sin = rope_cos_sin(pos, hd)
+    split = lambda y: y.reshape(t, heads, hd).transpose(0, 1)  # noqa: E731
+    q_hf, k_hf = apply_rope(split(x @ wq.T), cos, sin), apply_rope(split(x @ wk.T), cos, sin)
+    q_cpp = interleaved_rope(split(x @ gguf_export.permute_qk(wq, heads).T), pos)
+    k_cpp = interleaved_rope(split(x @ gguf_export.permute_qk(wk, heads).T), pos)
+    torch.testing.assert_close(q_cpp @ k_cpp.transpose(-1, -2), q_hf @ k_hf.transpose(-1, -2), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(interleaved_rope(split(x @ wq.T), pos), q_hf, atol=1e-3)   # the permutation matters
+    assert torch.equal(gguf_export.unpermute_qk(gguf_export.permute_qk(wq, heads), heads), wq)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    text = "Pooh and Piglet walked.\nEeyore sat by the river, sad.\n"
+    tok = CharTokenizer.from_text(text)
+    model = tiny_llama(vocab=tok.vocab_size)
+    folder = tmp_path_factory.mktemp("gguf")
+    infos = {kind: gguf_export.export(model, tok, folder / f"m.{kind}.gguf", kind) for kind in gguf_export.TYPES}
+    return model, tok, text, infos
+
+
+def test_gguf_files_read_back_with_the_right_types_and_shapes(exported):
+    import gguf
+
+    model, tok, text, infos = exported
+    expect = {"f32": "F32", "f16": "F16", "q8_0": "Q8_0", "q4_0": "Q4_0"}
+    ids = torch.tensor([tok.encode(text)])
+    with torch.no_grad():
+        ref = model(ids)
+    for kind, info in infos.items():
+        reader = gguf.GGUFReader(info["path"])
+        assert reader.fields["general.architecture"].contents() == "llama"
+        assert reader.fields["tokenizer.ggml.model"].contents() == "llama"
+        assert reader.fields["tokenizer.ggml.tokens"].contents() == [c.replace(" ", "\u2581") for c in tok.chars]
+        cfg, state, meta = gguf_export.read_back(info["path"])
+        assert meta["types"]["blk.0.attn_q.weight"] == expect[kind]
+        assert meta["types"]["blk.1.ffn_norm.weight"] == "F32"                      # 1-D gains stay F32
+        assert meta["shapes"]["blk.0.ffn_gate.weight"] == tuple(model.blocks[0].mlp.gate_proj.weight.shape)
+        assert meta["shapes"]["token_embd.weight"] == (tok.vocab_size, 64)
+        assert (cfg.n_layer, cfg.n_head, cfg.d_model, cfg.d_ff) == (2, 4, 64, model.cfg.d_ff)
+        back = gguf_export.load_model(info["path"])
+        with torch.no_grad():
+            diff = float((back(ids) - ref).abs().max())
+        assert diff <= {"f32": 0.0, "f16": 1e-2, "q8_0": 5e-2, "q4_0": 0.5}[kind], (kind, diff)
+    bpw = {k: round(v["bits_per_weight"], 2) for k, v in infos.items()}
+    assert bpw == {"f32": 32.0, "f16": 16.0, "q8_0": 8.5, "q4_0": 4.5}
+
+
+def test_gguf_export_rejects_bad_input(exported, tmp_path):
+    model, tok, _, _ = exported
+    with pytest.raises(WorkbookError):
+        gguf_export.export(model, tok, tmp_path / "x.gguf", "q3_k")
+    gpt2ish = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, d_model=32, block_size=16))
+    with pytest.raises(WorkbookError):
+        gguf_export.export(gpt2ish, tok, tmp_path / "x.gguf", "f32")
+    (tmp_path / "junk.gguf").write_bytes(b"not a gguf file at all")
+    with pytest.raises(WorkbookError):
+        gguf_export.read_back(tmp_path / "junk.gguf")
+
+
+@pytest.mark.skipif(not stacks.available("llama-cpp"), reason="llama-cpp-python not installed (uv sync --extra llama)")
+def test_llama_cpp_runs_the_gguf_with_the_same_logits(exported):
+    model, tok, text, infos = exported
+    ids = tok.encode(text)
+    ref = model(torch.tensor([ids]))[0].detach().numpy()
+    llm = gguf_export.load_llama_cpp(infos["f32"]["path"], n_ctx=64, n_threads=1)
+    try:
+        logits = gguf_export.llama_cpp_logits(llm, ids)
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == ids
+        assert llm.detokenize(ids).decode() == text
+    finally:
+        llm.close()
+    assert np.abs(logits - ref).max() <= 1e-4
+    llm = gguf_export.load_llama_cpp(infos["q8_0"]["path"], n_ctx=64, n_threads=1)
+    try:
+        q8 = gguf_export.llama_cpp_logits(llm, ids)
+    finally:
+        llm.close()
+    assert 0 < np.abs(q8 - ref).max() < 0.05     # quantized: close, not equal
+
+
+# ----------------------------------------------------------------------------- the scripts
+def test_bad_input_exits_2_with_one_error_line(tmp_path):
+    out = run_script(CHAPTER, "main.py", "--quick", "--group-size", "24", "--out", tmp_path)
+    assert out.returncode == 2
+    lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "power of two" in lines[0]
+
+
+@pytest.mark.slow
+def test_main_quick_end_to_end_and_visualize(tmp_path):
+    out = run_script(CHAPTER, "main.py", "--quick", "--out", tmp_path, "--checkpoints", tmp_path / "ck")
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads((tmp_path / "results" / f"{CHAPTER}.json").read_text())
+    h = r["headline"]
+    assert h["floor_nats_per_char"] < h["fp32_nats_per_char"]
+    assert abs(h["int8_channel_nats_per_char"] - h["fp32_nats_per_char"]) < 0.01
+    assert all(row["max_err_over_half_scale"] <= 1 + 1e-4 for row in r["error_vs_bits"])
+    sizes = {row["method"]: row["bytes_on_disk"] for row in r["ptq"]}
+    assert sizes["fp32"] > sizes["fp16"] > sizes["RTN int8 absmax channel"] > sizes["RTN int4 absmax channel"]
+    assert {row["bits"] for row in r["low_bits"]} == {4, 3, 2}
+    assert [row["type"] for row in r["gguf"]["rows"]] == ["F32", "F16", "Q8_0", "Q4_0"]
+    assert r["awq_export"]["codes_roundtrip_exact"]
+    if stacks.available("llama-cpp"):
+        assert r["gguf"]["checks"]["f32_logits_match_torch_1e-4"] and r["gguf"]["checks"]["q8_0_ppl_within_1pct"]
+        assert r["gguf"]["checks"]["tokenizer_roundtrip"]
+    plots = tmp_path / "plots" / CHAPTER
+    for p in plots.glob("*.png"):
+        p.unlink()
+    redraw = run_script(CHAPTER, "visualize.py", "--quick", "--out", tmp_path)
+    assert redraw.returncode == 0, redraw.stderr[-2000:]
+    assert {p.stem for p in plots.glob("*.png")} == {"error_vs_bits", "loss_vs_size", "histograms", "rtn_awq_qat"}
