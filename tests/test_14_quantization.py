@@ -260,7 +260,6 @@ def test_bad_input_exits_2_with_one_error_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error:") and "power of two" in lines[0]
 
 
-@pytest.mark.slow
 def test_main_quick_end_to_end_and_visualize(tmp_path):
     out = run_script(CHAPTER, "main.py", "--quick", "--out", tmp_path, "--checkpoints", tmp_path / "ck")
     assert out.returncode == 0, out.stderr[-3000:]
