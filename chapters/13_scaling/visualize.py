@@ -1,0 +1,222 @@
+"""Redraw every plot of chapter 13 from the saved results JSON (never retrains)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+import scaling_law as sl
+from shared import cli, plotting
+
+CHAPTER = "13_scaling"
+
+
+def draw(results_path: Path, plots_dir: Path, animations_dir: Path | None = None) -> list[Path]:
+    plotting.use_style()
+    results_path = Path(results_path)
+    out = []
+    if results_path.exists():
+        res = json.loads(results_path.read_text())
+        if "scaling" in res:
+            s = res["scaling"]
+            out += [curves(s, plots_dir), loss_vs_params(s, plots_dir), parity(s, plots_dir),
+                    isoflop(s, plots_dir), throughput(s, plots_dir)]
+    dist_path = results_path.with_name(f"{CHAPTER}_distributed.json")
+    if dist_path.exists():
+        out.append(distributed(json.loads(dist_path.read_text()), plots_dir))
+    extras_path = results_path.with_name(f"{CHAPTER}_extras.json")
+    if extras_path.exists():
+        out.append(extras(json.loads(extras_path.read_text()), plots_dir))
+    return out
+
+
+def _fit(s, key="chinchilla_fixed_E") -> sl.ChinchillaFit:
+    return sl.ChinchillaFit.from_dict(s["fits"][key])
+
+
+def curves(s: dict, plots_dir: Path) -> Path:
+    """Loss against tokens for every size, the fitted law through them, and the floor."""
+    fit = _fit(s)
+    fig, ax = plt.subplots(figsize=(8, 5.2))
+    runs = [*s["runs"], s["held_out"]]
+    colors = plt.cm.viridis(np.linspace(0, 0.9, len(runs)))
+    fit_start = s["config"]["fit_from_step"] * s["config"]["batch_size"] * s["config"]["seq_len"]
+    D = np.geomspace(fit_start, runs[0]["tokens"], 100)  # the law is drawn only where it was fitted
+    for r, col in zip(runs, colors):
+        held = r is s["held_out"]
+        t = [c["tokens"] for c in r["curve"]]
+        L = [c["loss"] for c in r["curve"]]
+        ax.plot(t, L, "*" if held else "o", ms=10 if held else 5, color=col,
+                label=f"N={r['params']:,}" + (" (held out)" if held else ""))
+        ax.plot(D, fit.predict(r["params"], D), "-" if not held else ":", color=col, lw=1.3, alpha=0.8)
+    ax.axvline(fit_start, color="grey", lw=0.8, ls=":")
+    plotting.entropy_floor(ax, s["floor"], label="exact floor E")
+    ax.set(xscale="log", yscale="log", xlabel="training tokens D (characters)", ylabel="loss on held-out stories (nats/char)",
+           title="Loss vs data for each model size: fit E + A/N^α + B/D^β (lines)")
+    ax.legend(fontsize=8, ncol=2)
+    ax.text(0.01, 0.01, f"α={fit.alpha:.2f}, β={fit.beta:.2f} (E fixed to the floor); points left of the dotted "
+            "line are warm-up, not fitted; held-out curve (dotted) predicted before training",
+            transform=ax.transAxes, fontsize=7.5, color="dimgray")
+    return plotting.save_fig(fig, plots_dir, "loss_vs_tokens")
+
+
+def loss_vs_params(s: dict, plots_dir: Path) -> Path:
+    """Final loss against N: both fits, the floor, and the held-out prediction vs measurement."""
+    fig, ax = plt.subplots(figsize=(8, 5.2))
+    N = np.array([r["params"] for r in s["runs"]])
+    L = np.array([r["final_loss"] for r in s["runs"]])
+    h = s["held_out"]
+    grid = np.geomspace(N.min() / 1.5, h["params"] * 3, 100)
+    D = s["runs"][0]["tokens"]
+    ax.plot(N, L, "o", color="C0", label="fitted sizes (final loss)")
+    ax.plot(grid, _fit(s).predict(grid, D), "-", color="C1", label="Chinchilla form, E = floor")
+    ax.plot(grid, _fit(s, "chinchilla_free_E").predict(grid, D), "--", color="C2", label="Chinchilla form, E free")
+    ax.plot(grid, sl.power_law(grid, s["fits"]["power_law"]), ":", color="C4",
+            label=f"power law (N_c/N)^{s['fits']['power_law']['alpha_N']:.3f}")
+    ax.plot(h["params"], h["final_loss"], "*", ms=16, color="C3", label=f"held-out, measured {h['final_loss']:.4f}")
+    p = s["prediction"]["chinchilla_fixed_E"]
+    ax.plot(h["params"], p, "x", ms=12, mew=2.5, color="C1",
+            label=f"held-out, predicted {p:.4f} ({100 * s['prediction_error']['chinchilla_fixed_E']:+.1f}%)")
+    plotting.entropy_floor(ax, s["floor"], label="exact floor E")
+    ax.set(xscale="log", yscale="log", xlabel="non-embedding parameters N",
+           ylabel="final loss (nats/char)", title=f"Final loss vs model size at D = {D:,} tokens")
+    ax.legend(fontsize=8)
+    return plotting.save_fig(fig, plots_dir, "loss_vs_params")
+
+
+def parity(s: dict, plots_dir: Path) -> Path:
+    """Every scored point: what the law says against what was measured."""
+    fit = _fit(s)
+    fig, ax = plt.subplots(figsize=(5.8, 5.4))
+    from_step = s["config"]["fit_from_step"]
+    for r, held in [*((r, False) for r in s["runs"]), (s["held_out"], True)]:
+        pts = [c for c in r["curve"] if c["step"] >= from_step]
+        meas = np.array([c["loss"] for c in pts])
+        pred = fit.predict(r["params"], np.array([c["tokens"] for c in pts]))
+        ax.plot(meas, pred, "*" if held else "o", ms=10 if held else 5,
+                label="held out (not fitted)" if held else None, color="C3" if held else "C0", alpha=0.8)
+    lo = min(ax.get_xlim()[0], ax.get_ylim()[0])
+    hi = max(ax.get_xlim()[1], ax.get_ylim()[1])
+    ax.plot([lo, hi], [lo, hi], color="black", lw=0.8)
+    ax.fill_between([lo, hi], [lo * 0.97, hi * 0.97], [lo * 1.03, hi * 1.03], color="grey", alpha=0.15, label="±3%")
+    ax.set(xlabel="measured loss", ylabel="predicted by the fit (E = floor)", title="Fit vs measurement")
+    ax.legend(fontsize=8)
+    return plotting.save_fig(fig, plots_dir, "parity")
+
+
+def isoflop(s: dict, plots_dir: Path) -> Path:
+    """The fitted law as IsoFLOP curves: at fixed compute C = 6ND, which N is best?"""
+    fit = _fit(s)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    N_lo = min(r["params"] for r in s["runs"]) / 2
+    N_hi = s["held_out"]["params"] * 8
+    Cs = np.geomspace(6 * N_lo * 1e5, 6 * N_hi * 1e7, 5)
+    N = np.geomspace(N_lo, N_hi, 200)
+    for i, C in enumerate(Cs):
+        L = fit.predict(N, C / (6 * N))
+        ax.plot(N, L, color=plt.cm.magma(0.15 + 0.7 * i / len(Cs)), label=f"C = {C:.1e} FLOPs")
+        n_opt, _ = fit.compute_optimal(C)
+        if N_lo <= n_opt <= N_hi:
+            ax.plot(n_opt, fit.predict(n_opt, C / (6 * n_opt)), "o", color="black", ms=4)
+    plotting.entropy_floor(ax, s["floor"], label="exact floor E")
+    a, b = fit.alpha, fit.beta
+    ax.set(xscale="log", yscale="log", xlabel="parameters N", ylabel="predicted loss (nats/char)",
+           title=f"IsoFLOP curves of the fitted law: N* ∝ C^{b / (a + b):.2f}  (Chinchilla: ≈ C^0.5)")
+    ax.legend(fontsize=8)
+    return plotting.save_fig(fig, plots_dir, "isoflop")
+
+
+def throughput(s: dict, plots_dir: Path) -> Path:
+    runs = [*s["runs"], s["held_out"]]
+    N = [r["params"] for r in runs]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    for ax, key, label, scale in ((axes[0], "tokens_per_s", "tokens/s", 1), (axes[1], "mfu", "MFU (%)", 100),
+                                  (axes[2], "peak_memory_bytes", "peak memory (MiB)", 1 / 2**20)):
+        ax.plot(N, [r[key] * scale for r in runs], "o-")
+        ax.set(xscale="log", xlabel="non-embedding parameters N", ylabel=label)
+    axes[0].set_title("throughput")
+    axes[1].set_title("model FLOPs utilisation")
+    axes[2].set_title(f"peak memory ({runs[0]['peak_memory_kind']})", fontsize=10)
+    fig.suptitle("What each run cost (CPU; wall times depend on machine load)", fontweight="bold")
+    fig.tight_layout()
+    return plotting.save_fig(fig, plots_dir, "cost_per_size")
+
+
+def distributed(d: dict, plots_dir: Path) -> Path:
+    runs = [r for r in d["runs"] if not r.get("failed")]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.4))
+    for i, r in enumerate(runs):
+        a1.plot(range(1, len(r["losses"]) + 1), r["losses"], marker="o", ms=9 - i, lw=1, alpha=0.7, label=r["label"])
+    a1.set(xlabel="step", ylabel="loss of the global batch", title="Same global batch, same losses")
+    a1.legend(fontsize=8)
+    labels = [r["label"].replace("deepspeed ", "") for r in runs]
+    x = np.arange(len(runs))
+    opt = [r["per_rank"][0]["optimizer_state_bytes"] / 2**20 for r in runs]
+    par = [r["per_rank"][0]["param_bytes"] / 2**20 for r in runs]
+    a2.bar(x - 0.2, par, 0.4, label="parameters held by rank 0")
+    a2.bar(x + 0.2, opt, 0.4, label="Adam state held by rank 0")
+    a2.set_xticks(x, labels, rotation=25, fontsize=8)
+    a2.set(ylabel="MiB per process", title="Model state per process")
+    a2.legend(fontsize=8)
+    fig.tight_layout()
+    return plotting.save_fig(fig, plots_dir, "distributed")
+
+
+def _smooth(x, k=10):
+    x = np.asarray(x, float)
+    k = max(1, min(k, len(x) // 3))
+    return np.convolve(x, np.ones(k) / k, mode="valid")
+
+
+def extras(x: dict, plots_dir: Path) -> Path:
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    c = x["checkpointing"]
+    ax = axes[0, 0]
+    names = ["plain", "checkpointed"]
+    mem = [c[n]["peak_memory_bytes"] / 2**20 for n in names]
+    tim = [c[n]["step_s"] for n in names]
+    ax.bar([0, 1], mem, 0.4, color="C0", label="peak memory (MiB)")
+    ax2 = ax.twinx()
+    ax2.bar([0.4, 1.4], tim, 0.4, color="C1", label="seconds / step")
+    ax2.grid(False)
+    ax.set_xticks([0.2, 1.2], names)
+    ax.set(ylabel="peak memory growth (MiB)", title=f"Activation checkpointing, model {tuple(c['size'])}")
+    ax2.set_ylabel("seconds per step")
+    ax.legend(loc="upper left", fontsize=8)
+    ax2.legend(loc="upper right", fontsize=8)
+    pr = x["precision"]
+    ax = axes[0, 1]
+    labels = ["fp32 step", "bf16 autocast step"]
+    ax.bar(labels, [pr["fp32"]["step_s"], pr["bf16 autocast"]["step_s"]], color=["C0", "C3"])
+    ax.set(ylabel="seconds per training step",
+           title=f"bf16 on this CPU: matmul {pr['matmul_gflops']['bf16']:.1f} vs fp32 {pr['matmul_gflops']['fp32']:.1f} GFLOP/s")
+    ax.title.set_fontsize(10)
+    g = x["galore"]
+    ax = axes[1, 0]
+    for k, v in g.items():
+        if isinstance(v, dict):
+            ax.plot(_smooth(v["train_loss"]), label=f"{k}: state {v['optimizer_state_bytes'] / 2**20:.2f} MiB, "
+                                                    f"eval {v['eval_loss']:.3f}")
+    ax.set(xlabel="step", ylabel="train loss (10-step mean)", yscale="log",
+           title=f"GaLore vs AdamW ({g['params']:,} params)")
+    ax.legend(fontsize=8)
+    d = x["duplicates"]
+    ax = axes[1, 1]
+    for k, v in d.items():
+        if isinstance(v, dict) and "eval_loss" in v:
+            ax.plot(_smooth(v["train_loss"]), label=f"{k}: eval on fresh stories {v['eval_loss']:.3f}")
+    ax.set(xlabel="step", ylabel="train loss (10-step mean)", yscale="log",
+           title="Duplicated data: same tokens, fewer distinct stories")
+    ax.legend(fontsize=8)
+    fig.suptitle("Training at scale, measured small", fontweight="bold")
+    fig.tight_layout()
+    return plotting.save_fig(fig, plots_dir, "at_scale_tricks")
+
+
+if __name__ == "__main__":
+    p = cli.parser(CHAPTER, __doc__)
+    p.add_argument("--distributed", action="store_true", help="accepted for symmetry with main.py (plots draw from whatever results exist)")
+    run = cli.setup(p, header=False)
+    draw(run.results_path, run.plots_dir, run.animations_dir)

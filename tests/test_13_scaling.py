@@ -1,0 +1,244 @@
+"""Chapter 13: scaling-law fits, multi-process training, and the training-at-scale extras."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from shared import stacks
+from shared.testing import load_chapter_module, run_script
+
+CH = "13_scaling"
+sl = load_chapter_module(CH, "scaling_law")
+main = load_chapter_module(CH, "main")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one thread is faster than several (and much faster on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------------ the fits
+def _synthetic(noise=0.0, seed=0):
+    true = sl.ChinchillaFit(E=0.17, A=40.0, alpha=0.40, B=200.0, beta=0.35, loss=0.0)
+    N = np.repeat([1e4, 3e4, 1e5, 3e5, 1e6], 6)
+    D = np.tile(np.geomspace(1e5, 1e7, 6), 5)
+    L = true.predict(N, D) * np.exp(np.random.default_rng(seed).normal(0, noise, N.size))
+    return true, N, D, L
+
+
+def test_chinchilla_fit_recovers_exact_parameters():
+    true, N, D, L = _synthetic()
+    fit = sl.fit_chinchilla(N, D, L)
+    for k in ("E", "A", "alpha", "B", "beta"):
+        assert getattr(fit, k) == pytest.approx(getattr(true, k), rel=1e-3), k
+
+
+def test_chinchilla_fit_with_noise_and_known_floor():
+    true, N, D, L = _synthetic(noise=0.003, seed=1)
+    fit = sl.fit_chinchilla(N, D, L, E=true.E)
+    assert fit.fixed_E and fit.E == true.E
+    assert fit.alpha == pytest.approx(true.alpha, abs=0.03)
+    assert fit.beta == pytest.approx(true.beta, abs=0.03)
+    # and it predicts an unseen larger model within 1%
+    assert fit.predict(3e6, 1e7) == pytest.approx(true.predict(3e6, 1e7), rel=0.01)
+
+
+def test_power_law_fits_are_exact_on_power_laws():
+    N = np.geomspace(1e3, 1e6, 6)
+    fit = sl.fit_power_law(N, (8e8 / N) ** 0.076)
+    assert fit["alpha_N"] == pytest.approx(0.076, rel=1e-6) and fit["N_c"] == pytest.approx(8e8, rel=1e-5)
+    fl = sl.fit_power_law_with_floor(N, 0.2 + 5 * N**-0.3, E=0.2)
+    assert fl["alpha"] == pytest.approx(0.3, rel=1e-6) and fl["A"] == pytest.approx(5, rel=1e-6)
+    with pytest.raises(ValueError):
+        sl.fit_power_law_with_floor(N, 0.1 + 0 * N, E=0.2)
+
+
+def test_compute_optimal_matches_brute_force():
+    fit = sl.ChinchillaFit(E=0.17, A=40.0, alpha=0.40, B=200.0, beta=0.35, loss=0.0)
+    C = 1e15
+    N = np.geomspace(1e3, 1e9, 200_001)
+    best = N[np.argmin(fit.predict(N, C / (6 * N)))]
+    n_opt, d_opt = fit.compute_optimal(C)
+    assert float(n_opt) == pytest.approx(best, rel=1e-3)
+    assert float(6 * n_opt * d_opt) == pytest.approx(C)
+
+
+# ------------------------------------------------------------------------------ end to end
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("out13")
+    r = run_script(CH, "main.py", "--quick", "--threads", "1", "--out", out, "--checkpoints", out / "ck")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out, json.loads((out / "results" / f"{CH}.json").read_text())
+
+
+def test_main_quick_results(quick_run):
+    _, res = quick_run
+    s = res["scaling"]
+    assert len(s["runs"]) == 4 and s["held_out"]["params"] > max(r["params"] for r in s["runs"])
+    losses = [r["final_loss"] for r in s["runs"]]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]       # bigger learned more, even in seconds
+    assert all(r["final_loss"] > s["floor"] for r in [*s["runs"], s["held_out"]])  # nobody beats the entropy
+    assert 0.1 < s["floor"] < 0.25                                    # nats/char of the wood stories
+    assert s["fits"]["chinchilla_fixed_E"]["E"] == pytest.approx(s["floor"])
+    for r in s["runs"]:
+        assert r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 and r["peak_memory_bytes"] >= 0
+    h = res["headline"]
+    assert h["held_out_error_pct"] == pytest.approx(
+        100 * (h["held_out_predicted"] - h["held_out_measured"]) / h["held_out_measured"])
+
+
+def test_visualize_redraws(quick_run, tmp_path):
+    out, _ = quick_run
+    for png in (out / "plots" / CH).glob("*.png"):
+        png.unlink()
+    r = run_script(CH, "visualize.py", "--quick", "--out", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    names = {p.name for p in (out / "plots" / CH).glob("*.png")}
+    assert {"loss_vs_tokens.png", "loss_vs_params.png", "parity.png", "isoflop.png", "cost_per_size.png"} <= names
+
+
+def test_bad_input_exits_2():
+    r = run_script(CH, "main.py", "--quick", "--steps", "3")
+    assert r.returncode == 2
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "--steps" in errors[0]
+
+
+# ------------------------------------------------------------------------------ two processes
+def _launch(mode, zero, tmp_path, port):
+    out = tmp_path / f"{mode}{zero}.json"
+    common = ["--steps", "3", "--global-batch", "4", "--seq-len", "32", "--d-model", "32", "--n-layer", "1"]
+    r = subprocess.run(main.launch_commands(mode, zero, port, common, out), capture_output=True, text=True,
+                       env=main.worker_env(), timeout=600)
+    assert r.returncode == 0, (r.stderr or r.stdout)[-3000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_two_process_launchers_match_single(tmp_path):
+    ref = _launch("single", 0, tmp_path, 29400)
+    assert ref["world_size"] == 1
+    for i, mode in enumerate(("ddp", "accelerate")):
+        got = _launch(mode, 0, tmp_path, 29401 + i)
+        assert got["world_size"] == 2, mode                         # two real processes, not one
+        assert len({r["pid"] for r in got["per_rank"]}) == 2
+        np.testing.assert_allclose(got["losses"], ref["losses"], rtol=1e-5, err_msg=mode)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not stacks.available("deepspeed"), reason="deepspeed not installed")
+def test_deepspeed_zero_stages_match_single_and_shard_state(tmp_path):
+    ref = _launch("single", 0, tmp_path, 29410)
+    state = {}
+    for zero in (0, 1, 3):
+        got = _launch("deepspeed", zero, tmp_path, 29411 + zero)
+        assert got["world_size"] == 2
+        np.testing.assert_allclose(got["losses"], ref["losses"], rtol=1e-4, err_msg=f"ZeRO-{zero}")
+        state[zero] = got["per_rank"][0]
+    # stage >= 1 partitions the Adam moments across the 2 ranks; stage 3 also the weights
+    assert state[1]["optimizer_state_bytes"] < 0.6 * state[0]["optimizer_state_bytes"]
+    assert state[3]["param_bytes"] < 0.6 * state[0]["param_bytes"]
+
+
+# ------------------------------------------------------------------------------ at-scale tricks
+at = load_chapter_module(CH, "at_scale")
+
+
+def _tiny_gpt(seed=0):
+    from shared.model import GPT, GPTConfig
+
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=20, block_size=16, n_layer=2, n_head=2, d_model=32, pos="rope"))
+
+
+def test_grad_accumulation_equals_big_batch():
+    model = _tiny_gpt()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 20, (8, 16), generator=g), torch.randint(0, 20, (8, 16), generator=g)
+    big = at.accumulated_grads(model, x, y, micro_batches=1)
+    acc = at.accumulated_grads(model, x, y, micro_batches=4)
+    for a, b in zip(big, acc):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    # and forgetting the 1/k scale is caught: the sum is k times the mean
+    model.zero_grad()
+    for xi, yi in zip(x.chunk(4), y.chunk(4)):
+        model(xi, yi)[1].backward()
+    assert not torch.allclose(next(model.parameters()).grad, big[0])
+
+
+def test_checkpointed_equals_plain_gradients_and_matches_model():
+    model = _tiny_gpt()
+    x, y = torch.randint(0, 20, (4, 16)), torch.randint(0, 20, (4, 16))
+    plain = at.forward_loss(model, x, y)
+    torch.testing.assert_close(plain, model(x, y)[1])   # the re-written forward is the model's forward
+    plain.backward()
+    g_plain = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    at.forward_loss(model, x, y, checkpointed=True).backward()
+    for a, b in zip(g_plain, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_galore_shapes_state_and_learning():
+    model = _tiny_gpt()
+    rank = 4
+    opt = at.GaLoreAdamW(model.parameters(), lr=1e-2, rank=rank, update_every=5)
+    x, y = torch.randint(0, 20, (4, 16)), torch.randint(0, 20, (4, 16))
+    first = None
+    for _ in range(12):
+        loss = model(x, y)[1]
+        first = first if first is not None else loss.item()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert loss.item() < first                                   # it trains
+    w = model.blocks[0].mlp.up_proj.weight if hasattr(model.blocks[0].mlp, "up_proj") else None
+    for p in model.parameters():
+        st = opt.state[p]
+        if at.GaLoreAdamW.projects(p, rank):
+            m, n = p.shape
+            assert st["P"].shape == (m, rank) and st["m"].shape == (rank, n) and st["v"].shape == (rank, n)
+            torch.testing.assert_close(st["P"].T @ st["P"], torch.eye(rank), atol=1e-5, rtol=0)  # orthonormal
+        else:
+            assert st["m"].shape == p.shape
+    adam = torch.optim.AdamW(model.parameters())
+    model(x, y)[1].backward()
+    adam.step()
+    assert at.optimizer_state_bytes(opt) < at.optimizer_state_bytes(adam)
+    assert at.galore_state_formula((128, 32), 4) == 128 * 4 + 2 * 4 * 32
+    del w
+
+
+def test_minhash_estimates_jaccard():
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(400)]
+    mh = at.MinHash(num_perm=256, seed=0)
+    for overlap in (0.1, 0.5, 0.9):
+        a = set(rng.choice(words, 200, replace=False))
+        keep = set(list(a)[: int(overlap * 200)])
+        b = keep | set(rng.choice([w for w in words if w not in a], 200 - len(keep), replace=False))
+        est = at.MinHash.similarity(mh.signature(a), mh.signature(b))
+        true = at.jaccard(a, b)
+        assert abs(est - true) < 4 * np.sqrt(true * (1 - true) / 256) + 0.01, (overlap, est, true)
+
+
+def test_dedup_finds_exact_and_near_duplicates():
+    from shared.corpus import HundredAcreWood
+
+    stories = [s.text for s in HundredAcreWood().stories(60, seed=3)]
+    docs = ["".join(stories[i:i + 6]) for i in range(0, 60, 6)]       # 10 documents of 6 stories
+    near = docs[5].replace("the", "a", 1)            # one word changed: Jaccard ~0.97
+    data = docs + [docs[2], docs[7], near]
+    kept, stats = at.dedup(data, threshold=0.8)
+    assert stats["exact_duplicates"] == 2
+    assert kept == list(range(10))                   # the originals stay, every copy goes
+    assert at.lsh_probability(0.9, 16, 4) > 0.99 and at.lsh_probability(0.2, 16, 4) < 0.05
