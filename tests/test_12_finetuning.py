@@ -181,14 +181,62 @@ def test_margin_ranking_matches_torch():
     assert ours.item() == pytest.approx(F.margin_ranking_loss(good, bad, torch.ones(50), margin=0.5).item(), rel=1e-6)
 
 
-def test_reward_model_reads_last_real_token_despite_padding():
+@pytest.mark.parametrize("kind", ["last", "match"])
+def test_reward_model_reads_real_tokens_despite_padding(kind):
     t = tok()
-    rm = m.RewardModel(tiny_gpt())
-    nn.init.normal_(rm.head.weight)
-    texts = ["Story: Pooh.\nAnswer: red\n", "Story: Owl had a kite.\nAnswer: Owl\n"]
-    together = rm(*m.rm_inputs(t, texts))
-    alone = torch.cat([rm(*m.rm_inputs(t, [s])) for s in texts])
+    rm = m.RewardModel(tiny_gpt(), kind, d_key=4, seed=0)
+    nn.init.normal_(rm.lin.weight)
+    prompts, answers = ["Story: Pooh.\nAnswer:", "Story: Owl had a kite.\nAnswer:"], [" red\n", " Owl\n"]
+    together = m.score(rm, t, prompts, answers)
+    alone = torch.cat([m.score(rm, t, [p], [a]) for p, a in zip(prompts, answers)])
     assert torch.allclose(together, alone, atol=1e-5)
+    # the body is frozen: only the head trains
+    assert all(not p.requires_grad for p in rm.lm.parameters())
+    assert m.RewardModel(tiny_gpt(), kind, d_key=4, seed=0).q.weight.equal(rm.q.weight)  # seeded init
+
+
+def test_match_head_learns_what_a_last_token_head_cannot():
+    """Pairs that differ only in whether the answer letter occurs in the prompt: the match head
+    (an attention read over the prompt) learns it, the last-token linear head on the same frozen
+    random body does not (the body never learned to copy)."""
+    t = tok()
+    letters = "abcdefghiklmnoprstuvwy"
+    g = torch.Generator().manual_seed(0)
+    pairs = []
+    for _ in range(200):
+        perm = torch.randperm(len(letters), generator=g).tolist()
+        story = "".join(letters[i] for i in perm[:8])
+        pairs.append({"task": "color", "prompt": f"Story: {story}.\nAnswer:", "chosen": " " + story[3],
+                      "rejected": " " + letters[perm[12]]})
+    body = tiny_gpt(vocab=t.vocab_size)
+    acc = {}
+    for kind in ("last", "match"):
+        rm = m.RewardModel(body, kind, d_key=8, seed=0)
+        feats = m.pair_features(rm, t, pairs[:120])
+        m.train_reward_head(rm, feats, epochs=150, lr=3e-2)
+        acc[kind] = m.rm_accuracy(rm, m.pair_features(rm, t, pairs[120:]), pairs[120:])["overall"]
+    # a random 2-layer body keeps token identity only partly: the gap is the point, not the level
+    assert acc["match"] >= 0.7 and acc["match"] > acc["last"] + 0.1, acc
+
+
+def test_balanced_pairs_take_the_same_number_per_task():
+    pairs = [{"task": tk} for tk in ["count"] * 10 + ["mood"] * 3 + ["hero"] * 5 + ["color"] * 4]
+    out = m.balanced_pairs(pairs, 3)
+    assert sorted(p["task"] for p in out) == sorted(["color", "hero", "mood", "count"] * 3)
+
+
+def test_sanity_checks_report_length_bias(monkeypatch):
+    """A reward that is just the answer's length must show up as a correlation of 1, and the
+    corrupted answers that are longer than gold (repeated, gold + wrong) must beat gold."""
+    monkeypatch.setattr(m, "score", lambda rm, tok_, prompts, answers: torch.tensor([float(len(a)) for a in answers]))
+    pairs = [{"prompt": "Story: x.\nAnswer:", "chosen": " red", "rejected": " blue"},
+             {"prompt": "Story: y.\nAnswer:", "chosen": " Owl", "rejected": " Pooh"}]
+    s = m.sanity_checks(None, None, pairs)
+    assert set(s["table"]) == set(m.CORRUPTIONS)
+    assert s["length_corr"] == pytest.approx(1.0)
+    assert s["table"]["repeated"]["gold_wins"] == 0.0 and s["table"]["empty"]["gold_wins"] == 1.0
+    assert s["table"]["gold"]["gold_wins"] == 0.0  # never strictly better than itself
+    assert m.CORRUPTIONS["typo"](" red", " blue") == " rea\n"
 
 
 # ----------------------------------------------------------------------------- DPO
@@ -280,6 +328,11 @@ def test_quick_run_results(quick_run):
     assert res["rl"]["final"]["SFT"]["kl"] == pytest.approx(0.0, abs=1e-5)  # the reference against itself
     assert len(res["sft"]["losses"]) == res["config"]["sft_steps"]
     assert list((out / "plots" / CHAPTER).glob("*.png"))
+    rm = res["reward_model"]
+    assert set(rm["variants"]) == {"match, BT", "last token, BT", "match, margin"}
+    assert set(rm["sanity"]["table"]) == set(m.CORRUPTIONS)
+    assert -1.0 <= rm["sanity"]["length_corr"] <= 1.0
+    assert len(rm["losses"]) == res["config"]["rm_epochs"]
 
 
 def test_visualize_redraws(quick_run):
@@ -295,3 +348,10 @@ def test_bad_input_exits_2(tmp_path):
     r = run_script(CHAPTER, "main.py", "--quick", "--lora-rank", "0", "--out", tmp_path)
     assert r.returncode == 2
     assert [line for line in r.stderr.splitlines() if line.strip()] == ["error: --lora-rank must be at least 1, got 0"]
+
+
+def test_bad_rl_updates_exits_2_before_any_work(tmp_path):
+    r = run_script(CHAPTER, "main.py", "--quick", "--rl-updates", "0", "--out", tmp_path)
+    assert r.returncode == 2
+    assert [line for line in r.stderr.splitlines() if line.strip()] == ["error: --rl-updates must be at least 1, got 0"]
+    assert not (tmp_path / "results").exists()

@@ -53,8 +53,11 @@ class Config:
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_lr: float = 6e-3         # LoRA usually wants a higher rate than full fine-tuning
-    rm_steps: int = 30
-    rm_lr: float = 1e-3
+    n_rm_train: int = 512         # preference pairs whose (frozen-body) features train the reward head
+    n_rm_test: int = 96           # held-out pairs, the same number per task
+    rm_epochs: int = 40           # passes of the head over the cached features
+    rm_lr: float = 3e-3
+    rm_d_key: int = 8             # width of the match head's query/key
     dpo_steps: int = 30
     dpo_beta: float = 0.1
     dpo_lr: float = 3e-4
@@ -74,15 +77,17 @@ def presets(run) -> Config:
     return Config(
         max_prompt_chars=run.pick(quick=170, default=200, full=260),
         n_train=run.pick(quick=200, default=2000, full=20000),
-        n_test=run.pick(quick=16, default=96, full=512),
+        n_test=run.pick(quick=16, default=64, full=512),
         batch=run.pick(quick=4, default=8, full=32),
-        sft_steps=run.pick(quick=4, default=150, full=1500),
-        rm_steps=run.pick(quick=3, default=40, full=400),
-        dpo_steps=run.pick(quick=2, default=24, full=300),
-        rl_updates=run.pick(quick=2, default=12, full=100),
+        sft_steps=run.pick(quick=4, default=80, full=1500),
+        n_rm_train=run.pick(quick=32, default=512, full=4000),
+        n_rm_test=run.pick(quick=16, default=96, full=512),
+        rm_epochs=run.pick(quick=3, default=40, full=40),
+        dpo_steps=run.pick(quick=2, default=16, full=300),
+        rl_updates=run.pick(quick=2, default=8, full=100),
         rl_prompts=run.pick(quick=1, default=2, full=8),
         probe_every=run.pick(quick=1, default=4, full=10),
-        n_rl_eval=run.pick(quick=4, default=24, full=128),
+        n_rl_eval=run.pick(quick=4, default=12, full=128),
     )
 
 
@@ -279,58 +284,158 @@ def forward_with_hidden(model: GPT, idx: torch.Tensor) -> tuple[torch.Tensor, to
 
 
 class RewardModel(nn.Module):
-    """The SFT model's body + a scalar head read at the last token of prompt+answer."""
+    """The SFT model's body, frozen, + a small reward head.
 
-    def __init__(self, lm: GPT):
+    kind="last": a linear head on the hidden state of the last token (InstructGPT's recipe).
+    kind="match": the same linear read of the answer word, plus one attention read: the state at
+    the answer word's last character is a query, every prompt position a key, and
+    logsumexp(q . k / sqrt(d_key)) says "this word occurs in the story". Why a match: the
+    pairs differ only in whether the answer is the word the story used, and this body never
+    learned to copy (the chapter measures it: its own log p(answer) ranks the pairs at chance),
+    so no state at the end of the answer holds that fact for a linear head to read.
+    The body is frozen, so its features are computed once and only the head trains."""
+
+    def __init__(self, lm: GPT, kind: str = "match", d_key: int = 8, seed: int = 0):
         super().__init__()
-        self.lm = lm
-        self.head = nn.Linear(lm.cfg.d_model, 1)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        self.lm, self.kind = lm.eval(), kind
+        for p in self.lm.parameters():
+            p.requires_grad_(False)
+        d = lm.cfg.d_model
+        self.lin = nn.Linear(d, 1)
+        nn.init.zeros_(self.lin.weight)
+        nn.init.zeros_(self.lin.bias)
+        self.q = nn.Linear(d, d_key, bias=False)
+        self.k = nn.Linear(d, d_key, bias=False)
+        self.w_match = nn.Parameter(torch.ones(()))
+        # forward() reports (r - mean) / std over the training answers (set by `normalise`): BT fixes
+        # rewards only up to a shift and scale, and a unit scale makes PPO's KL weight mean something
+        self.register_buffer("r_mean", torch.zeros(()))
+        self.register_buffer("r_std", torch.ones(()))
+        g = torch.Generator().manual_seed(seed)  # explicit: the same seed gives the same head, cached zoo or not
+        with torch.no_grad():
+            for lin in (self.q, self.k):
+                lin.weight.uniform_(-d ** -0.5, d ** -0.5, generator=g)
 
-    def forward(self, idx: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-        _, h = forward_with_hidden(self.lm, idx)
-        return self.head(h[torch.arange(len(idx)), last]).squeeze(-1)
+    @torch.no_grad()
+    def features(self, idx: torch.Tensor) -> torch.Tensor:
+        return forward_with_hidden(self.lm, idx)[1]
+
+    def head(self, h: torch.Tensor, n: torch.Tensor, n_prompt: torch.Tensor) -> torch.Tensor:
+        """h: (B, T, d) body states; n: real lengths; n_prompt: prompt lengths (all right-padded)."""
+        rows = torch.arange(len(h))
+        if self.kind == "last":
+            return self.lin(h[rows, n - 1]).squeeze(-1)
+        word = h[rows, n - 2]      # the answer's last character (the one before the newline)
+        scores = torch.einsum("bk,btk->bt", self.q(word), self.k(h)) / self.q.out_features ** 0.5
+        in_prompt = torch.arange(h.shape[1])[None] < (n_prompt - 1)[:, None]  # story + question, not 'Answer:'
+        match = torch.logsumexp(scores.masked_fill(~in_prompt, float("-inf")), dim=1)
+        return self.w_match * match + self.lin(word).squeeze(-1)
+
+    def forward(self, idx: torch.Tensor, n: torch.Tensor, n_prompt: torch.Tensor) -> torch.Tensor:
+        return (self.head(self.features(idx), n, n_prompt) - self.r_mean) / self.r_std
+
+    @torch.no_grad()
+    def normalise(self, feats: list[tuple]) -> None:
+        r = torch.cat([self.head(*f) for f in feats])
+        self.r_mean.copy_(r.mean())
+        self.r_std.copy_(r.std().clamp(min=1e-6))
 
 
-def rm_inputs(tok, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = [tok.encode(t) for t in texts]
+def rm_inputs(tok, prompts: list[str], answers: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ids = [tok.encode(p + a) for p, a in zip(prompts, answers)]
     x, _ = obj.pad_batch(ids, ids, pad_id=tok.stoi[END])
-    return x, torch.tensor([len(i) - 1 for i in ids])
+    return x, torch.tensor([len(i) for i in ids]), torch.tensor([len(p) for p in prompts])
 
 
 def score(rm: RewardModel, tok, prompts: list[str], answers: list[str]) -> torch.Tensor:
-    return rm(*rm_inputs(tok, [p + a for p, a in zip(prompts, answers)]))
+    return rm(*rm_inputs(tok, prompts, answers))
 
 
-def pair_rewards(rm, tok, pairs: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_texts(pairs: list[dict]) -> tuple[list[str], list[str]]:
     prompts = [p["prompt"] for p in pairs]
-    r = score(rm, tok, prompts + prompts, [p["chosen"] + END for p in pairs] + [p["rejected"] + END for p in pairs])
-    return r[:len(pairs)], r[len(pairs):]
+    return prompts + prompts, [p["chosen"] + END for p in pairs] + [p["rejected"] + END for p in pairs]
+
+
+def pair_features(rm: RewardModel, tok, pairs: list[dict], batch: int = 32) -> list[tuple]:
+    """The frozen body's states for every pair, once: (h, n, n_prompt) per chunk, chosen rows
+    first, then rejected."""
+    out = []
+    for i in tqdm(range(0, len(pairs), batch), desc="reward model features", leave=False):
+        x, n, n_prompt = rm_inputs(tok, *pair_texts(pairs[i:i + batch]))
+        out.append((rm.features(x), n, n_prompt))
+    return out
 
 
 @torch.no_grad()
-def rm_accuracy(rm, tok, pairs: list[dict], batch: int = 32) -> dict:
-    rm.eval()
+def rm_accuracy(rm, feats: list[tuple], pairs: list[dict]) -> dict:
     wins: dict[str, list[bool]] = {}
-    for i in range(0, len(pairs), batch):
-        chunk = pairs[i:i + batch]
-        good, bad = pair_rewards(rm, tok, chunk)
-        for p, w in zip(chunk, (good > bad).tolist()):
-            wins.setdefault(p["task"], []).append(w)
-    return {"overall": sum(sum(v) for v in wins.values()) / sum(len(v) for v in wins.values()),
-            "per_task": {t: sum(v) / len(v) for t, v in sorted(wins.items())}}
+    k = 0
+    for h, n, n_prompt in feats:
+        good, bad = rm.head(h, n, n_prompt).chunk(2)
+        for w in (good > bad).tolist():
+            wins.setdefault(pairs[k]["task"], []).append(w)
+            k += 1
+    per_task = {t: sum(v) / len(v) for t, v in sorted(wins.items())}
+    return {"overall": sum(sum(v) for v in wins.values()) / k, "per_task": per_task,
+            "balanced": sum(per_task.values()) / len(per_task)}  # every task weighted the same
 
 
-def train_reward_model(sft_model: GPT, tok, pairs: list[dict], cfg: Config, seed: int, loss: str = "bt"):
-    rm = RewardModel(copy.deepcopy(sft_model)).train()
-    draw = batch_sampler(pairs, cfg.batch, seed)
+def train_reward_head(rm: RewardModel, feats: list[tuple], epochs: int, lr: float, loss: str = "bt") -> list[float]:
+    """Full passes over the cached features: one AdamW step per chunk of pairs."""
     loss_of = obj.bradley_terry_loss if loss == "bt" else obj.margin_ranking_loss
+    params = [p for n, p in rm.named_parameters() if not n.startswith("lm.")]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.1)
+    losses = []
+    for _ in tqdm(range(epochs), desc=f"reward head ({loss}, {rm.kind})", leave=False):
+        total = 0.0
+        for h, n, n_prompt in feats:
+            l = loss_of(*rm.head(h, n, n_prompt).chunk(2))
+            opt.zero_grad(set_to_none=True)
+            l.backward()
+            opt.step()
+            total += l.item()
+        losses.append(total / len(feats))
+    return losses
 
-    def loss_fn(step):
-        return loss_of(*pair_rewards(rm, tok, draw()))
-    losses = optimise(rm.parameters(), loss_fn, cfg.rm_steps, cfg.rm_lr, f"reward model ({loss})")
-    return rm.eval(), losses
+
+def balanced_pairs(pairs: list[dict], per_task: int) -> list[dict]:
+    """The same number of held-out pairs from every task: a constant-answer task (count) cannot
+    inflate the average."""
+    out = []
+    for t in RM_TASKS:
+        out += [p for p in pairs if p["task"] == t][:per_task]
+    return out
+
+
+CORRUPTIONS = {  # what a reward model should (not) like, each applied to the gold answer
+    "gold": lambda a, wrong: a + END,
+    "wrong answer": lambda a, wrong: wrong + END,
+    "no newline": lambda a, wrong: a,
+    "typo": lambda a, wrong: a[:-1] + ("a" if a[-1] != "a" else "e") + END,  # last letter changed
+    "repeated": lambda a, wrong: a + a + END,
+    "gold + wrong": lambda a, wrong: a + wrong + END,
+    "empty": lambda a, wrong: END,
+}
+
+
+@torch.no_grad()
+def sanity_checks(rm: RewardModel, tok, pairs: list[dict]) -> dict:
+    """Mean reward of the gold answer and of corrupted versions of it, on held-out prompts, and
+    how reward correlates with answer length over all of them (a length bias would make RL
+    grow answers)."""
+    prompts = [p["prompt"] for p in pairs]
+    rewards, lengths = {}, []
+    for name, corrupt in CORRUPTIONS.items():
+        answers = [corrupt(p["chosen"], p["rejected"]) for p in pairs]
+        r = score(rm, tok, prompts, answers)
+        rewards[name] = r
+        lengths.append(torch.tensor([float(len(a)) for a in answers]))
+    gold = rewards["gold"]
+    table = {name: {"mean_reward": r.mean().item(), "gold_wins": (gold > r).float().mean().item()}
+             for name, r in rewards.items()}
+    r_all, len_all = torch.cat(list(rewards.values())), torch.cat(lengths)
+    corr = torch.corrcoef(torch.stack([r_all, len_all]))[0, 1].item()
+    return {"table": table, "length_corr": corr, "n_prompts": len(pairs)}
 
 
 # ============================================================================= 5. RL: rollouts, PPO, GRPO, DPO
@@ -495,13 +600,19 @@ def main(argv=None):
     p.add_argument("--unmasked", action="store_true", help="what to break: SFT loss on prompt tokens too")
     p.add_argument("--lora-rank", type=int, default=8, help="rank r of the LoRA update")
     p.add_argument("--kl-beta", type=float, default=0.1, help="KL penalty weight for PPO/GRPO")
+    p.add_argument("--rl-updates", type=int, default=None,
+                   help="PPO/GRPO updates (DPO takes twice as many steps); default: the preset's")
     run = cli.setup(p, argv)
     if run.args.lora_rank < 1:
         raise WorkbookError(f"--lora-rank must be at least 1, got {run.args.lora_rank}")
     if run.args.kl_beta < 0:
         raise WorkbookError(f"--kl-beta must be >= 0, got {run.args.kl_beta}")
+    if run.args.rl_updates is not None and run.args.rl_updates < 1:
+        raise WorkbookError(f"--rl-updates must be at least 1, got {run.args.rl_updates}")
     cfg = presets(run)
     cfg.lora_rank, cfg.kl_beta = run.args.lora_rank, run.args.kl_beta
+    if run.args.rl_updates is not None:
+        cfg.rl_updates, cfg.dpo_steps = run.args.rl_updates, 2 * run.args.rl_updates
     cfg.lora_alpha = 2.0 * cfg.lora_rank
     seed = run.seed
     t_start = time.perf_counter()
@@ -514,8 +625,9 @@ def main(argv=None):
     seen = frozenset(e.story for e in train)
     test = draw_examples(wood, cfg.n_test, seed * 1000 + 2, cfg.max_prompt_chars, avoid=seen)
     pairs_train = draw_pairs(wood, cfg.n_train, seed * 1000 + 3, cfg.max_prompt_chars)
-    pairs_test = draw_pairs(wood, cfg.n_test, seed * 1000 + 4, cfg.max_prompt_chars,
+    pairs_test = draw_pairs(wood, 3 * cfg.n_rm_test, seed * 1000 + 4, cfg.max_prompt_chars,
                             avoid=seen | {p["prompt"].split("\n")[0].removeprefix("Story: ") for p in pairs_train})
+    pairs_test = balanced_pairs(pairs_test, cfg.n_rm_test // len(RM_TASKS))
     rl_prompts = draw_examples(wood, cfg.n_train, seed * 1000 + 5, cfg.max_prompt_chars, tasks=RM_TASKS)
     rl_test = [e for e in test if e.task in RM_TASKS][:cfg.n_rl_eval]
 
@@ -532,7 +644,7 @@ def main(argv=None):
     def est(steps, batch):
         return estimate_seconds(grown, TrainConfig(steps=steps, batch_size=batch, seq_len=T, eval_every=0, eval_batches=0))
     rl_batch = cfg.rl_prompts * cfg.rl_group
-    seconds = (2 * est(cfg.sft_steps, cfg.batch) + est(cfg.rm_steps, 2 * cfg.batch) + est(cfg.dpo_steps, 3 * cfg.batch)
+    seconds = (2 * est(cfg.sft_steps, cfg.batch) + est(cfg.n_rm_train // 3, 2) + est(cfg.dpo_steps, 3 * cfg.batch)
                + 3 * est(cfg.rl_updates, rl_batch * (cfg.rl_epochs + 2)))
     run.estimate(seconds=seconds, what="fine-tuning, reward model and RL")
 
@@ -574,9 +686,31 @@ def main(argv=None):
 
     # ---- 4. reward model ---------------------------------------------------------------------
     timings["lora"], t0 = time.perf_counter() - t0, time.perf_counter()
-    rm, rm_losses = train_reward_model(sft_model, tok, pairs_train, cfg, seed)
-    rm_acc = rm_accuracy(rm, tok, pairs_test)
-    print(f"reward model: held-out pairwise accuracy {rm_acc['overall']:.1%} on {len(pairs_test)} pairs")
+    rm = RewardModel(copy.deepcopy(sft_model), "match", cfg.rm_d_key, seed)
+    feats_train = pair_features(rm, tok, pairs_train[:cfg.n_rm_train])
+    feats_test = pair_features(rm, tok, pairs_test)
+    rm_losses = train_reward_head(rm, feats_train, cfg.rm_epochs, cfg.rm_lr, "bt")
+    rm.normalise(feats_train)
+    rm_acc = rm_accuracy(rm, feats_test, pairs_test)
+    print(f"reward model (match head): held-out pairwise accuracy {rm_acc['overall']:.1%} on {len(pairs_test)} pairs "
+          f"({', '.join(f'{t} {v:.0%}' for t, v in rm_acc['per_task'].items())})")
+    # the same features, read other ways: why the match head, and Bradley-Terry vs a hinge
+    variants = {}
+    for name, kind, loss in (("last token, BT", "last", "bt"), ("match, margin", "match", "margin")):
+        other = RewardModel(rm.lm, kind, cfg.rm_d_key, seed)
+        curve = train_reward_head(other, feats_train, cfg.rm_epochs, cfg.rm_lr, loss)
+        variants[name] = {"accuracy": rm_accuracy(other, feats_test, pairs_test),
+                          "train_accuracy": rm_accuracy(other, feats_train, pairs_train)["overall"], "losses": curve}
+    variants = {"match, BT": {"accuracy": rm_acc, "train_accuracy": rm_accuracy(rm, feats_train, pairs_train)["overall"],
+                              "losses": rm_losses}, **variants}
+    with torch.no_grad():  # does the SFT policy itself rank the pairs? (DPO's implicit reward starts here)
+        good, bad = dpo_batch_logps(sft_model, tok, pairs_test)
+    sft_logp_acc = (good > bad).float().mean().item()
+    sanity = sanity_checks(rm, tok, pairs_test[::max(1, len(pairs_test) // 32)])
+    for name, v in variants.items():
+        print(f"  {name:>15}: held-out {v['accuracy']['overall']:.1%} (train {v['train_accuracy']:.1%})")
+    print(f"  SFT log p(answer) ranks {sft_logp_acc:.1%} of the pairs right; reward vs answer length r = {sanity['length_corr']:+.2f}")
+    del feats_train, feats_test
     for prm in rm.parameters():
         prm.requires_grad_(False)
 
@@ -616,7 +750,8 @@ def main(argv=None):
         "lora": {"accuracy": lora_acc, "losses": lora_losses, "rank": cfg.lora_rank, "alpha": cfg.lora_alpha,
                  "lora_params": n_lora, "new_row_params": n_rows, "total_params": n_total,
                  "full_params": sum(p.numel() for p in grown.parameters()), "merge_max_abs_diff": merge_diff},
-        "reward_model": {"accuracy": rm_acc, "losses": rm_losses},
+        "reward_model": {"accuracy": rm_acc, "losses": rm_losses, "variants": variants,
+                         "sft_logp_accuracy": sft_logp_acc, "sanity": sanity},
         "rl": {"curves": runs, "final": final, "dpo_losses": dpo_losses, "kl_beta": cfg.kl_beta},
         "elapsed_s": time.perf_counter() - t_start, "timings_s": timings,
     }
@@ -626,13 +761,21 @@ def main(argv=None):
             {"model": f"SFT, LoRA r={cfg.lora_rank}", "exact match": lora_acc["overall"], "trainable params": n_lora + n_rows}]
     tasks = [{"task": t, "base": before["per_task"].get(t, float("nan")), "SFT full": after["per_task"][t],
               "LoRA": lora_acc["per_task"][t]} for t in after["per_task"]]
+    rm_rows = [{"reward head": k, "held-out": v["accuracy"]["overall"], "train": v["train_accuracy"],
+                **v["accuracy"]["per_task"]} for k, v in variants.items()]
+    sanity_rows = [{"answer": k, "mean reward": v["mean_reward"], "gold wins": v["gold_wins"]}
+                   for k, v in sanity["table"].items()]
     rl_rows = [{"policy": k, "RM reward": v["reward"], "KL to SFT (nats)": v["kl"], "sampled accuracy": v["accuracy"],
                 "validity": v["validity"], "greedy exact match": v["exact_match"]} for k, v in final.items()]
     run.record_notes(
         f"Held-out exact match ({len(test)} questions, greedy decoding):\n\n{cli.markdown_table(rows)}\n\n"
         f"Per task:\n\n{cli.markdown_table(tasks)}\n\n"
-        f"Reward model (Bradley-Terry), held-out pairwise accuracy: {rm_acc['overall']:.4g} on {len(pairs_test)} pairs "
-        f"({', '.join(f'{t} {v:.3g}' for t, v in rm_acc['per_task'].items())}).\n\n"
+        f"Reward model: frozen SFT body, heads trained on {cfg.n_rm_train} pairs, held-out pairwise accuracy on "
+        f"{len(pairs_test)} pairs ({cfg.n_rm_test // len(RM_TASKS)} per task):\n\n{cli.markdown_table(rm_rows)}\n\n"
+        f"The SFT model's own log p(answer) ranks {sft_logp_acc:.4g} of the held-out pairs the right way round.\n\n"
+        f"Sanity checks of the match/BT reward model on {sanity['n_prompts']} held-out prompts (gold wins = share of "
+        f"prompts where the gold answer scores higher than the variant):\n\n{cli.markdown_table(sanity_rows)}\n\n"
+        f"Correlation of reward with answer length over all those answers: {sanity['length_corr']:+.3f}.\n\n"
         f"RL from the SFT policy ({cfg.rl_updates} updates of {rl_batch} samples; DPO {cfg.dpo_steps} steps of "
         f"{cfg.batch} pairs), measured on {len(rl_test)} held-out prompts x {cfg.rl_group} samples:\n\n"
         f"{cli.markdown_table(rl_rows)}\n\nLoRA merged vs unmerged max |logit diff|: {merge_diff:.2e}. "

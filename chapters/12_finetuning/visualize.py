@@ -78,28 +78,50 @@ def sft_and_lora(r: dict, plots_dir: Path) -> Path:
 # ----------------------------------------------------------------------------- 2. reward model
 def reward_model(r: dict, plots_dir: Path) -> Path:
     rm = r["reward_model"]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    variants = rm.get("variants", {"match, BT": {"accuracy": rm["accuracy"], "losses": rm["losses"]}})
+    fig, axes = plt.subplots(1, 3, figsize=(18, 4.4), gridspec_kw={"width_ratios": [1, 1.3, 1.2]})
     ax = axes[0]
-    ax.plot(rm["losses"], alpha=0.3, color="C0")
-    ax.plot(_smooth(rm["losses"]), color="C0", label="Bradley-Terry loss")
+    for j, (name, v) in enumerate(variants.items()):
+        ax.plot(np.arange(1, len(v["losses"]) + 1), v["losses"], color=f"C{j}", label=name)
     ax.axhline(np.log(2), ls="--", color="gray", lw=1)
-    ax.annotate("ln 2: can't tell the answers apart", (0, np.log(2)), xytext=(2, 3), textcoords="offset points",
+    ax.annotate("ln 2: BT can't tell the answers apart", (1, np.log(2)), xytext=(2, 3), textcoords="offset points",
                 fontsize=8, color="gray")
-    ax.set_xlabel("step")
-    ax.set_ylabel("-log sigmoid(r_good - r_bad)")
-    ax.set_title("reward model training")
+    ax.set_xlabel("epoch over the cached features")
+    ax.set_ylabel("training loss (BT or hinge)")
+    ax.set_title("reward heads on the frozen SFT body")
     ax.legend(fontsize=8)
+
     ax = axes[1]
-    per = rm["accuracy"]["per_task"]
-    names = list(per) + ["all"]
-    vals = list(per.values()) + [rm["accuracy"]["overall"]]
-    bars = ax.bar(names, vals, color=["C0"] * len(per) + ["C3"])
-    for b, v in zip(bars, vals):
-        ax.annotate(f"{v:.0%}", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
+    tasks = list(rm["accuracy"]["per_task"]) + ["all"]
+    x = np.arange(len(tasks))
+    w = 0.8 / len(variants)
+    for j, (name, v) in enumerate(variants.items()):
+        vals = [v["accuracy"]["per_task"].get(t, 0.0) for t in tasks[:-1]] + [v["accuracy"]["overall"]]
+        bars = ax.bar(x + (j - (len(variants) - 1) / 2) * w, vals, width=w, color=f"C{j}", label=name)
+        for b, val in zip(bars, vals):
+            ax.annotate(f"{val:.0%}", (b.get_x() + b.get_width() / 2, val), ha="center", va="bottom", fontsize=6)
     ax.axhline(0.5, ls="--", color="gray", lw=1)
-    ax.set_ylim(0, 1.1)
-    ax.set_ylabel("held-out pairs ranked correctly")
-    ax.set_title(f"does r(true answer) > r(wrong answer)? ({r['data']['pairs_test']} pairs)")
+    if "sft_logp_accuracy" in rm:
+        ax.axhline(rm["sft_logp_accuracy"], ls=":", color="k", lw=1, label="SFT model's own log p(answer)")
+    ax.set_xticks(x, tasks)
+    ax.set_ylim(0, 1.12)
+    ax.set_ylabel("held-out pairwise accuracy")
+    ax.set_title(f"{r['data']['pairs_test']} held-out pairs (same number per task)")
+    ax.legend(fontsize=7, loc="lower left")
+
+    ax = axes[2]
+    if "sanity" in rm:
+        table = rm["sanity"]["table"]
+        names = list(table)
+        vals = [table[n]["mean_reward"] for n in names]
+        ax.barh(names[::-1], vals[::-1], color=["C2" if n == "gold" else "C7" for n in names[::-1]])
+        for k, n in enumerate(names[::-1]):
+            if n != "gold":
+                ax.annotate(f"gold wins {table[n]['gold_wins']:.0%}", (vals[::-1][k], k), xytext=(3, -3),
+                            textcoords="offset points", fontsize=7)
+        ax.set_xlabel("mean reward (match head, BT)")
+        ax.set_title(f"sanity: gold vs corrupted answers (length r = {rm['sanity']['length_corr']:+.2f})")
+    fig.tight_layout()
     return plotting.save_fig(fig, plots_dir, "reward_model")
 
 
