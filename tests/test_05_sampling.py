@@ -31,14 +31,7 @@ S, D, dash = m.samplers, m.diversity, m.dashboard
 Rule = S.SamplerConfig
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: a second torch thread only adds hand-off cost (and on a busy
-    2-core machine a lot of it). Restored afterwards so other test files are unaffected."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def random_logits(rows=256, vocab=37, seed=0):

@@ -16,13 +16,7 @@ sl = load_chapter_module(CH, "scaling_law")
 main = load_chapter_module(CH, "main")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is faster than several (and much faster on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 # ------------------------------------------------------------------------------ the fits

@@ -23,12 +23,7 @@ Q, awq = main.Q, main.awq
 QuantSpec = Q.QuantSpec
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def weights(rows=48, cols=64, seed=0):

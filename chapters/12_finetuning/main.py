@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 import lora as lora_lib
 import objectives as obj
-from shared import cli, corpus, zoo
+from shared import cli, corpus, tokenizer, zoo
 from shared.errors import WorkbookError
 from shared.model import GPT
 from shared.train import TrainConfig, estimate_seconds
@@ -92,29 +92,15 @@ def presets(run) -> Config:
 
 
 # ============================================================================= 1. data + a bigger vocabulary
-class GrownCharTokenizer:
+class GrownCharTokenizer(tokenizer.CharTokenizer):
     """The base model's characters keep their ids; characters it never saw are appended at the
-    end (re-sorting would scramble every id the base model learned)."""
-
-    kind = "char"
+    end. (`CharTokenizer.__init__` sorts its characters, and re-sorting would scramble every id
+    the base model learned, so this one sets them itself.)"""
 
     def __init__(self, base_chars: str, new_chars: str):
         self.chars = base_chars + new_chars
         self.stoi = {c: i for i, c in enumerate(self.chars)}
         self.n_base = len(base_chars)
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.chars)
-
-    def encode(self, text: str) -> list[int]:
-        try:
-            return [self.stoi[c] for c in text]
-        except KeyError as e:
-            raise WorkbookError(f"character {e.args[0]!r} is not in the grown vocabulary") from None
-
-    def decode(self, ids) -> str:
-        return "".join(self.chars[i] for i in ids)
 
 
 def grow_vocab(model: GPT, new_rows: int, seed: int) -> GPT:
