@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 import numpy_lm as nlm
 from miniformer import Breaks, MiniFormer, TransformerBlock
@@ -417,7 +418,10 @@ def main(argv=None):
                          "final_sentence_validity": trained["samples"][-1]["sentence_validity"]})
 
     if run.args.part in ("all", "numpy"):
-        results["numpy"] = numpy_part(run, sz, text, tok)
+        # One BLAS thread: these (B*T, 64) matrices are too small to split, and a second OpenBLAS
+        # thread that has to wait for a busy core made a step 26x slower (2.6 s vs 0.1 s) here.
+        with threadpool_limits(limits=1, user_api="blas"):
+            results["numpy"] = numpy_part(run, sz, text, tok)
         headline.update({"numpy_max_grad_diff": results["numpy"]["grad_check"]["max_grad_abs_diff"],
                          "numpy_vs_torch_max_loss_diff": results["numpy"]["twin"]["max_loss_abs_diff"],
                          "numpy_val_loss": results["numpy"]["pretrain"]["val"][-1]})
