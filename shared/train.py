@@ -7,7 +7,8 @@ AdamW with warm-up then cosine decay, gradient clipping and accumulation, period
 evaluation on fixed validation batches, bf16 autocast on CUDA (fp32 elsewhere: on
 CPUs without bf16 matmul units it is several times slower), atomic checkpoints with
 the optimizer and RNG states so a resumed run continues exactly, and tokens/s + MFU
-(model FLOPs utilisation against the measured matmul peak of the device).
+(model FLOPs utilisation against the measured matmul peak of the device). With
+`log_dir=...` the same numbers also go to TensorBoard (when it is installed).
 """
 from __future__ import annotations
 
@@ -20,10 +21,10 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from shared import bench
+from shared import bench, stacks
 from shared.checkpoint import load_training_state, save_training_state
 from shared.data import TokenData
-from shared.errors import WorkbookError
+from shared.errors import StackMissing, WorkbookError
 from shared.model import GPT
 
 
@@ -96,6 +97,28 @@ def evaluate(model: GPT, data: TokenData, cfg: TrainConfig, device, batches: int
     return sum(losses) / len(losses)
 
 
+_TENSORBOARD_SKIP_PRINTED = False
+
+
+def summary_writer(log_dir):
+    """A TensorBoard SummaryWriter for `log_dir`, or None. Without the tensorboard package it
+    prints the one skipped line (once per process) naming the command that enables it."""
+    global _TENSORBOARD_SKIP_PRINTED
+    if log_dir is None:
+        return None
+    try:
+        stacks.require("tensorboard")
+        from torch.utils.tensorboard import SummaryWriter  # imports tensorboard itself
+    except (StackMissing, ImportError) as e:
+        if not _TENSORBOARD_SKIP_PRINTED:
+            err = e if isinstance(e, StackMissing) else StackMissing("tensorboard", str(e), stacks.STACKS["tensorboard"].enable)
+            stacks.skipped(err, f"TensorBoard logging to {log_dir}")
+            _TENSORBOARD_SKIP_PRINTED = True
+        return None
+    Path(log_dir).mkdir(parents=True, exist_ok=True)
+    return SummaryWriter(log_dir=str(log_dir))
+
+
 def _rng_states(data_gen: torch.Generator, device: torch.device) -> dict:
     states = {"torch": torch.get_rng_state(), "data": data_gen.get_state()}
     if device.type == "cuda":
@@ -105,13 +128,16 @@ def _rng_states(data_gen: torch.Generator, device: torch.device) -> dict:
 
 def train(model: GPT, data: TokenData, cfg: TrainConfig, device="cpu", checkpoint: Path | None = None,
           resume: bool = False, stop_at: int | None = None, desc: str = "train", progress: bool = True,
-          on_step: Callable[[int, float], None] | None = None, measure_peak: bool = True) -> dict:
+          on_step: Callable[[int, float], None] | None = None, measure_peak: bool = True,
+          log_dir: str | Path | None = None) -> dict:
     """Train in place and return the history dict (losses, lr, tokens/s, MFU).
 
     `checkpoint`: file to save to (every `checkpoint_every` steps and at the end);
     `resume=True` continues from it exactly if it exists. `stop_at` ends early at that
     step (as if interrupted), still saving a checkpoint. `on_step(step, loss)` is called
-    after every optimizer step (e.g. to snapshot samples)."""
+    after every optimizer step (e.g. to snapshot samples). `log_dir`: also write the scalars
+    loss/train, loss/val, lr and tokens_per_s (x-axis: optimizer step) for TensorBoard there;
+    without the tensorboard package one line says so and training runs unchanged."""
     device = torch.device(device)
     model.to(device).train()
     opt = make_optimizer(model, cfg)
@@ -139,6 +165,7 @@ def train(model: GPT, data: TokenData, cfg: TrainConfig, device="cpu", checkpoin
     flops_per_token = model.flops_per_token(cfg.seq_len)
     tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum
     end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+    writer = summary_writer(log_dir)
     bar = tqdm(range(start, end), desc=desc, disable=not progress, dynamic_ncols=True, leave=False)
     for step in bar:
         t0 = time.perf_counter()
@@ -169,10 +196,18 @@ def train(model: GPT, data: TokenData, cfg: TrainConfig, device="cpu", checkpoin
         if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last:
             history["val"].append({"step": step + 1, "loss": evaluate(model, data, cfg, device)})
         tok_s = tokens_per_step * len(history["step"]) / max(compute_time, 1e-9)
+        if writer is not None:
+            writer.add_scalar("loss/train", total, step + 1)
+            writer.add_scalar("lr", lr, step + 1)
+            writer.add_scalar("tokens_per_s", tok_s, step + 1)
+            if history["val"] and history["val"][-1]["step"] == step + 1:
+                writer.add_scalar("loss/val", history["val"][-1]["loss"], step + 1)
         bar.set_postfix(loss=f"{total:.3f}", tok_s=f"{tok_s:,.0f}")
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and not last:
             save(step + 1)
     bar.close()
+    if writer is not None:
+        writer.close()
     steps_done = len(history["step"])
     history["compute_time_s"] = compute_time
     history["tokens_per_s"] = tokens_per_step * steps_done / max(compute_time, 1e-9)

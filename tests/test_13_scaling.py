@@ -69,13 +69,14 @@ def test_compute_optimal_matches_brute_force():
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("out13")
-    r = run_script(CH, "main.py", "--quick", "--threads", "1", "--out", out, "--checkpoints", out / "ck")
+    r = run_script(CH, "main.py", "--quick", "--threads", "1", "--out", out, "--checkpoints", out / "ck",
+                   "--tensorboard", out / "tb")
     assert r.returncode == 0, r.stderr[-2000:]
-    return out, json.loads((out / "results" / f"{CH}.json").read_text())
+    return out, json.loads((out / "results" / f"{CH}.json").read_text()), r.stdout
 
 
 def test_main_quick_results(quick_run):
-    _, res = quick_run
+    _, res, _ = quick_run
     s = res["scaling"]
     assert len(s["runs"]) == 4 and s["held_out"]["params"] > max(r["params"] for r in s["runs"])
     losses = [r["final_loss"] for r in s["runs"]]
@@ -91,7 +92,7 @@ def test_main_quick_results(quick_run):
 
 
 def test_visualize_redraws(quick_run, tmp_path):
-    out, _ = quick_run
+    out, _, _ = quick_run
     for png in (out / "plots" / CH).glob("*.png"):
         png.unlink()
     r = run_script(CH, "visualize.py", "--quick", "--out", out)
@@ -236,3 +237,157 @@ def test_dedup_finds_exact_and_near_duplicates():
     assert stats["exact_duplicates"] == 2
     assert kept == list(range(10))                   # the originals stay, every copy goes
     assert at.lsh_probability(0.9, 16, 4) > 0.99 and at.lsh_probability(0.2, 16, 4) < 0.05
+
+
+# ------------------------------------------------------------------------------ data experiments (part 3)
+ex = load_chapter_module(CH, "extras")
+
+
+def _wood_text(n=20_000, seed=4):
+    from shared.corpus import HundredAcreWood
+
+    return HundredAcreWood().text(n, seed=seed)
+
+
+def test_typo_rate_matches_p_per_kind():
+    text = _wood_text(60_000)
+    body = len(text) - text.count("\n")            # newlines (document boundaries) are never hit
+    for p in (0.02, 0.1):
+        rep = ex.add_typos(text, p, seed=1, kinds=("replace",))
+        assert len(rep) == len(text)
+        hamming = sum(a != b for a, b in zip(text, rep))   # a replacement always changes the character
+        assert hamming / body == pytest.approx(p, rel=0.06)
+        drop = ex.add_typos(text, p, seed=1, kinds=("drop",))
+        assert (len(text) - len(drop)) / body == pytest.approx(p, rel=0.06)
+        assert drop.count("\n") == text.count("\n")
+        swap = ex.add_typos(text, p, seed=1, kinds=("swap",))
+        assert sorted(swap) == sorted(text) and swap.count("\n") == text.count("\n")
+        differ = sum(a != b for a, b in zip(text, swap))   # a swap of two different characters changes 2
+        distinct = np.mean([a != b for a, b in zip(text, text[1:])])
+        assert differ / (2 * body * distinct) == pytest.approx(p, rel=0.12)
+    mixed = ex.add_typos(text, 0.1, seed=2)
+    assert (len(text) - len(mixed)) / body == pytest.approx(0.1 / 3, rel=0.15)   # a third of the hits drop
+    assert ex.add_typos(text, 0.1, seed=2) == mixed and ex.add_typos(text, 0.1, seed=3) != mixed  # seeded
+
+
+def test_word_shuffle_keeps_each_sentences_words():
+    text = _wood_text(20_000)
+    from collections import Counter
+
+    for p in (0.3, 1.0):
+        out = ex.shuffle_words(text, p, seed=5)
+        assert len(out) == len(text) and out.count("\n") == text.count("\n")
+        changed = total = 0
+        for a, b in zip(text.split("\n"), out.split("\n")):
+            words_b = b.split(" ")
+            i = 0
+            for sent in ex.sentences(a):           # cut the output by the input's sentence lengths
+                wa = sent.split(" ")
+                wb = words_b[i:i + len(wa)]
+                i += len(wa)
+                assert Counter(wa) == Counter(wb)
+                changed += wa != wb
+                total += 1
+            assert i == len(words_b)
+        assert changed / total == pytest.approx(p, abs=0.08)   # a few shuffles land on the same order
+
+
+def test_noise_at_zero_is_identity():
+    text = _wood_text(5_000)
+    assert ex.add_typos(text, 0.0, seed=1) == text
+    assert ex.shuffle_words(text, 0.0, seed=1) == text
+    assert ex.make_noisy("clean", text, 0.5, seed=1) == text
+
+
+def test_mixed_data_takes_the_exact_fraction():
+    from shared.data import TokenData
+    from shared.tokenizer import CharTokenizer
+
+    tok = CharTokenizer.from_text("ab")
+    a = TokenData.from_text("a" * 5000, tok, cache=False)
+    b = TokenData.from_text("b" * 5000, tok, cache=False)
+    for f in (0.0, 0.1, 0.75, 1.0):
+        mix = ex.MixedData(a, b, f)
+        g = torch.Generator().manual_seed(0)
+        rows = torch.cat([mix.get_batch("train", 8, 16, g)[0] for _ in range(50)])
+        assert rows.shape == (400, 16)
+        assert (rows[:, 0] == tok.encode("a")[0]).float().mean().item() == pytest.approx(f, abs=1 / 400)
+
+
+@pytest.fixture(scope="module")
+def data_experiments():
+    """Both experiments, tiny: a few steps, so the plumbing (not the numbers) is what is tested."""
+    from shared.corpus import HundredAcreWood
+    from shared.tokenizer import CharTokenizer
+
+    torch.set_num_threads(1)
+    sv = ex.synthetic_vs_real(6, wood_fractions=(0.0, 0.5, 1.0), size=(1, 16, 2), batch=4, seq_len=32,
+                              n_evals=2, eval_batches=1, wood_chars=50_000)
+    wood = HundredAcreWood()
+    text = wood.text(80_000, seed=1)
+    nz = ex.noise_injection(text, CharTokenizer.from_text(text), wood.stories(12, seed=9), 6,
+                            levels=(("typos", 0.1), ("word shuffle", 1.0)), size=(1, 16, 2), batch=2)
+    return {"meta": {"command": "test", "date": "today", "load_avg_1m": 0.0}, "synthetic_vs_real": sv, "noise": nz}
+
+
+def test_data_experiments_results(data_experiments):
+    sv, nz = data_experiments["synthetic_vs_real"], data_experiments["noise"]
+    assert list(sv["runs"]) == ["0% wood", "50% wood", "100% wood"] and sv["eval_steps"] == [3, 6]
+    for r in sv["runs"].values():
+        assert r["curve"]["step"] == [3, 6] and len(r["train_loss"]) == 6
+        assert all(np.isfinite(r["curve"]["english"])) and all(np.isfinite(r["curve"]["wood"]))
+        assert r["final"]["wood"] == r["curve"]["wood"][-1]
+    # the shared tokenizer covers both texts: English has symbols the wood never uses
+    assert sv["vocab_size"] > 60
+    assert [r["name"] for r in nz["runs"]] == ["clean", "typos p=0.1", "word shuffle p=1"]
+    clean = nz["runs"][0]
+    assert clean["clean_eval"] == pytest.approx(clean["noisy_eval"])          # p=0: the two scores coincide
+    assert all(r["clean_eval"] > nz["floor_nats_per_char"] for r in nz["runs"])
+    assert 0.1 < nz["floor_nats_per_char"] < 0.25 and 0 < nz["eval_stories"] <= 12
+
+
+def test_notes_and_plots_with_and_without_data_experiments(data_experiments, tmp_path):
+    """notes.md renders the new tables when they are present, and an older extras file without them
+    still renders and draws (the committed file may predate the experiments)."""
+    vis = load_chapter_module(CH, "visualize")
+    x = data_experiments
+    old = {"meta": x["meta"], "grad_accumulation": {"max_abs_grad_diff_by_k": {"2": 0.0}},
+           "checkpointing": {"size": [1, 2, 3], "plain": {"peak_memory_bytes": 1, "step_s": 1.0},
+                             "checkpointed": {"peak_memory_bytes": 1, "step_s": 1.0}},
+           "precision": {"fp32": {"step_s": 1.0}, "bf16 autocast": {"step_s": 1.0},
+                         "matmul_gflops": {"fp32": 1.0, "bf16": 1.0}, "cpu_bf16_units": {}},
+           "galore": {"params": 1, "AdamW": {"optimizer_state_bytes": 1, "eval_loss": 1.0, "train_loss": [1.0] * 5},
+                      "GaLore": {"optimizer_state_bytes": 1, "eval_loss": 1.0, "train_loss": [1.0] * 5}},
+           "duplicates": {"fresh": {"eval_loss": 1.0, "train_loss": [1.0] * 5},
+                          "repeated": {"eval_loss": 1.0, "train_loss": [1.0] * 5},
+                          "dedup_on_first_1500_of_repeated": {"exact_duplicates": 1, "near_duplicates": 0, "kept": 1}}}
+    md_old = main.extras_markdown(old)
+    md_new = main.extras_markdown({**old, **x})
+    assert "Synthetic vs real" not in md_old and "Noise injection" not in md_old
+    assert "Synthetic vs real" in md_new and "| 50% wood |" in md_new
+    assert "Noise injection" in md_new and "| typos p=0.1 |" in md_new
+    assert f"{x['noise']['floor_nats_per_char']:.4f}" in md_new
+    res = tmp_path / "results" / f"{CH}.json"
+    res.parent.mkdir(parents=True)
+    ext = res.with_name(f"{CH}_extras.json")
+    ext.write_text(json.dumps(old))
+    names = {p.name for p in vis.draw(res, tmp_path / "plots")}
+    assert names == {"at_scale_tricks.png"}
+    ext.write_text(json.dumps({**old, **x}))
+    names = {p.name for p in vis.draw(res, tmp_path / "plots2")}
+    assert names == {"at_scale_tricks.png", "synthetic_vs_real.png", "noise_injection.png"}
+    assert all((tmp_path / "plots2" / n).stat().st_size > 10_000 for n in names)
+
+
+def test_tensorboard_flag(quick_run):
+    """--tensorboard: without the package, one skipped line naming the fix and the run completes
+    (the quick_run fixture passes the flag); with it, every training run gets its event files."""
+    out, res, stdout = quick_run
+    lines = [line for line in stdout.splitlines() if line.startswith("skipped:")]
+    if stacks.available("tensorboard"):
+        runs = sorted(p.name for p in (out / "tb").iterdir())
+        assert len(runs) == len(res["scaling"]["runs"]) + 1 and not lines
+        assert all(list((out / "tb" / r).glob("events.out.tfevents.*")) for r in runs)
+    else:
+        assert len(lines) == 1 and "uv sync --extra tensorboard" in lines[0] and "TensorBoard" in lines[0]
+        assert not (out / "tb").exists()

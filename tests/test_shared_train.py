@@ -131,3 +131,57 @@ def test_history_reports_throughput_and_mfu(data):
     h = train(model(tok.vocab_size), d, TrainConfig(steps=3, batch_size=4, seq_len=32, eval_every=0, eval_batches=1),
               progress=False)
     assert h["tokens_per_s"] > 0 and 0 < h["mfu"] < 2
+
+
+# ------------------------------------------------------------------------------ TensorBoard (optional)
+def test_log_dir_without_tensorboard_prints_one_line_and_trains_unchanged(data, tmp_path, monkeypatch, capsys):
+    import shared.train as st
+    from shared import stacks
+
+    monkeypatch.setattr(stacks, "check", lambda name: "python package 'tensorboard' is not installed"
+                        if name == "tensorboard" else None)
+    monkeypatch.setattr(st, "_TENSORBOARD_SKIP_PRINTED", False)
+    plain = run(data)
+    capsys.readouterr()
+    logged = run(data, log_dir=tmp_path / "tb")
+    again = run(data, log_dir=tmp_path / "tb2")          # a second run in the same process stays quiet
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("skipped:") and "uv sync --extra tensorboard" in lines[0]
+    assert logged["train_loss"] == plain["train_loss"] and logged["val"] == plain["val"]
+    assert again["train_loss"] == plain["train_loss"]
+
+
+def test_log_dir_writes_scalars_with_tags_and_steps(data, tmp_path, monkeypatch):
+    """With a fake tensorboard + SummaryWriter in sys.modules, the real code path runs."""
+    import importlib.machinery
+    import sys
+    import types
+
+    written, closed = [], []
+
+    class FakeWriter:
+        def __init__(self, log_dir):
+            self.log_dir = log_dir
+
+        def add_scalar(self, tag, value, step):
+            written.append((tag, float(value), int(step)))
+
+        def close(self):
+            closed.append(self.log_dir)
+
+    fake_tb = types.ModuleType("tensorboard")
+    fake_tb.__spec__ = importlib.machinery.ModuleSpec("tensorboard", None)
+    fake_utb = types.ModuleType("torch.utils.tensorboard")
+    fake_utb.SummaryWriter = FakeWriter
+    monkeypatch.setitem(sys.modules, "tensorboard", fake_tb)
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake_utb)
+    h = run(data, log_dir=tmp_path / "tb")
+    assert closed == [str(tmp_path / "tb")]
+    by_tag = {}
+    for tag, value, step in written:
+        by_tag.setdefault(tag, []).append((step, value))
+    assert set(by_tag) == {"loss/train", "loss/val", "lr", "tokens_per_s"}
+    assert by_tag["loss/train"] == [(s, pytest.approx(v)) for s, v in zip(h["step"], h["train_loss"])]
+    assert by_tag["lr"] == [(s, pytest.approx(v)) for s, v in zip(h["step"], h["lr"])]
+    assert by_tag["loss/val"] == [(v["step"], pytest.approx(v["loss"])) for v in h["val"]]   # steps 4, 8, 12
+    assert [s for s, _ in by_tag["tokens_per_s"]] == h["step"] and all(v > 0 for _, v in by_tag["tokens_per_s"])

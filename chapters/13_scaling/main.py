@@ -18,7 +18,15 @@ torchrun (DDP over gloo), under `accelerate launch --multi_gpu --num_processes 2
 Accelerator(cpu=True), and under DeepSpeed ZeRO stages 0-3 (DS_ACCELERATOR=cpu, gloo): same
 global batch, so the same losses; memory per process by ZeRO stage.
 
-    uv run chapters/13_scaling/main.py [--quick|--full] [--threads 1] [--distributed] [--skip-scaling]
+Part 3, tricks and data at scale (`--extras`, extras.py): gradient accumulation, activation
+checkpointing, bf16 vs fp32, GaLore, duplicates and MinHash dedup; then synthetic vs real
+training data (wood, English and mixes, scored on both) and noise injection (typos, shuffled
+words) against the exact floor.
+
+`--tensorboard DIR` also logs every training run's loss, lr and tokens/s for TensorBoard.
+
+    uv run chapters/13_scaling/main.py [--quick|--full] [--threads 1] [--distributed] [--extras]
+                                       [--skip-scaling] [--tensorboard DIR]
 """
 from __future__ import annotations
 
@@ -87,7 +95,8 @@ def eval_steps(cfg: Config) -> list[int]:
 
 
 # ------------------------------------------------------------------------------ one run
-def train_one(size, cfg: Config, data: TokenData, tok, stories, device, seed: int, desc: str) -> dict:
+def train_one(size, cfg: Config, data: TokenData, tok, stories, device, seed: int, desc: str,
+              log_dir: Path | None = None) -> dict:
     """Train one size and score it at the eval steps. Returns the run record."""
     torch.manual_seed(seed)
     model = GPT(model_config(size, tok.vocab_size, cfg.seq_len))
@@ -108,7 +117,7 @@ def train_one(size, cfg: Config, data: TokenData, tok, stories, device, seed: in
     peak_flops = bench.matmul_peak_flops(device, repeat=3)
     t0 = time.perf_counter()
     with bench.peak_memory(device) as mem:
-        hist = train(model, data, tcfg, device, desc=desc, on_step=on_step, measure_peak=False)
+        hist = train(model, data, tcfg, device, desc=desc, on_step=on_step, measure_peak=False, log_dir=log_dir)
     wall = time.perf_counter() - t0
     n = model.num_params(non_embedding=True)
     return {"size": list(size), "n_layer": size[0], "d_model": size[1], "n_head": size[2],
@@ -169,6 +178,11 @@ def predict(fits: dict, N: float, D: float) -> dict:
 
 
 # ------------------------------------------------------------------------------ part 1
+def tb_dir(run, name: str) -> Path | None:
+    """Where one training run's TensorBoard scalars go (None: --tensorboard not given)."""
+    return None if run.args.tensorboard is None else Path(run.args.tensorboard) / name
+
+
 def scaling(run, cfg: Config) -> dict:
     wood = HundredAcreWood()
     text = wood.text(cfg.corpus_chars, seed=run.seed)
@@ -189,7 +203,8 @@ def scaling(run, cfg: Config) -> dict:
 
     runs = []
     for i, size in enumerate(cfg.sizes):
-        r = train_one(size, cfg, data, tok, stories, run.device, run.seed + i, desc=f"size {size}")
+        r = train_one(size, cfg, data, tok, stories, run.device, run.seed + i, desc=f"size {size}",
+                      log_dir=tb_dir(run, "scaling_size_" + "x".join(map(str, size))))
         print(f"  N={r['params']:>9,}  final {r['final_loss']:.4f} nats/char  {r['tokens_per_s']:,.0f} tok/s  "
               f"MFU {r['mfu']:.1%} of {r['peak_flops'] / 1e9:.0f} GFLOP/s  peak mem {r['peak_memory_bytes'] / 2**20:.0f} MiB")
         runs.append(r)
@@ -209,7 +224,8 @@ def scaling(run, cfg: Config) -> dict:
                             for c in eval_steps(cfg)] for k in ("chinchilla_free_E", "chinchilla_fixed_E")}
     print(f"prediction for the held-out N={N_h:,} at D={D_h:,}: "
           + ", ".join(f"{k} {v:.4f}" for k, v in prediction.items()))
-    held = train_one(cfg.held_out, cfg, data, tok, stories, run.device, run.seed + 100, desc="held-out")
+    held = train_one(cfg.held_out, cfg, data, tok, stories, run.device, run.seed + 100, desc="held-out",
+                     log_dir=tb_dir(run, "scaling_held_out_" + "x".join(map(str, cfg.held_out))))
     errors = {k: (v - held["final_loss"]) / held["final_loss"] for k, v in prediction.items()}
     print(f"held-out measured {held['final_loss']:.4f}: " + ", ".join(f"{k} {100 * e:+.1f}%" for k, e in errors.items()))
     sensitivity = fit_window_sensitivity(runs, held, cfg, floor)
@@ -287,9 +303,13 @@ def main(argv=None):
     p.add_argument("--distributed", action="store_true",
                    help="also run part 2: torchrun DDP, accelerate and DeepSpeed ZeRO 0-3 with 2 CPU processes")
     p.add_argument("--extras", action="store_true",
-                   help="also run part 3: grad accumulation, checkpointing, bf16 vs fp32, GaLore, duplicates")
+                   help="also run part 3: grad accumulation, checkpointing, bf16 vs fp32, GaLore, duplicates, "
+                        "synthetic vs real data, noise injection")
     p.add_argument("--skip-scaling", action="store_true", help="skip part 1 (use with --distributed / --extras)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per size (default: the preset's)")
+    p.add_argument("--tensorboard", metavar="DIR", default=None,
+                   help="also log every training run's loss, lr and tokens/s to TensorBoard under DIR "
+                        "(needs: uv sync --extra tensorboard; view: uv run tensorboard --logdir DIR)")
     run = cli.setup(p, argv)
     if run.args.skip_scaling and not (run.args.distributed or run.args.extras):
         raise WorkbookError("--skip-scaling leaves nothing to do; add --distributed or --extras")
@@ -317,7 +337,9 @@ def main(argv=None):
         import extras
 
         print("part 3: tricks for training at scale")
-        res = extras.run_all(run, steps=run.pick(quick=10, default=150, full=1000))
+        res = extras.run_all(run, steps=run.pick(quick=10, default=150, full=1000),
+                             mix_steps=run.pick(quick=6, default=120, full=1000),
+                             noise_steps=run.pick(quick=6, default=200, full=1500), log_dir=run.args.tensorboard)
         save_json(extras_path, {"meta": run.metadata(), **res})
         print(f"results: {extras_path}")
     if not run.args.skip_scaling:
@@ -419,8 +441,35 @@ def extras_markdown(x: dict) -> str:
     st = d["dedup_on_first_1500_of_repeated"]
     rows.append({"experiment": "dedup of 1,500 docs of the repeated corpus", "without": "1500 documents",
                  "with": f"{st['exact_duplicates']} exact + {st['near_duplicates']} near duplicates removed, {st['kept']} kept"})
-    return (f"Training-at-scale tricks (measured by `{m['command']}` on {m['date']}, load average "
-            f"{m['load_avg_1m']}; CPU bf16 units: {pr['cpu_bf16_units']}):\n\n" + cli.markdown_table(rows))
+    md = (f"Training-at-scale tricks (measured by `{m['command']}` on {m['date']}, load average "
+          f"{m['load_avg_1m']}; CPU bf16 units: {pr['cpu_bf16_units']}):\n\n" + cli.markdown_table(rows))
+    if "synthetic_vs_real" in x:   # absent from results files written before these experiments existed
+        md += "\n\n" + synthetic_markdown(x["synthetic_vs_real"])
+    if "noise" in x:
+        md += "\n\n" + noise_markdown(x["noise"])
+    return md
+
+
+def synthetic_markdown(sv: dict) -> str:
+    rows = [{"training data": k, "English held-out (nats/char)": round(v["final"]["english"], 3),
+             "wood held-out (nats/char)": round(v["final"]["wood"], 3)} for k, v in sv["runs"].items()]
+    return (f"Synthetic vs real data: model {tuple(sv['size'])}, {sv['steps']} steps of {sv['batch']} x "
+            f"{sv['seq_len']} characters, lr {sv['lr']:g}, one character tokenizer ({sv['vocab_size']} symbols) "
+            f"for both texts; losses on fixed held-out windows of each ({sv['cpu_s']:.0f} CPU s for all runs):\n\n"
+            + cli.markdown_table(rows))
+
+
+def noise_markdown(nz: dict) -> str:
+    floor = nz["floor_nats_per_char"]
+    rows = [{"training data": r["name"], "clean held-out (nats/char)": round(r["clean_eval"], 3),
+             "clean - exact floor": round(r["clean_eval"] - floor, 3),
+             "equally noisy held-out": round(r["noisy_eval"], 3),
+             "train loss (last 10 steps)": round(float(np.mean(r["train_loss"][-10:])), 3)} for r in nz["runs"]]
+    return (f"Noise injection: model {tuple(nz['size'])}, {nz['steps']} steps of {nz['batch']} x {nz['seq_len']} "
+            f"characters, lr {nz['lr']:g}, trained on wood text with typos (each character swapped, dropped or "
+            f"replaced with probability p) or with the words of a fraction p of sentences shuffled; scored on "
+            f"{nz['eval_stories']} whole held-out stories, clean and with the same noise. Exact floor on the clean "
+            f"stories: **{floor:.4f} nats/char** ({nz['cpu_s']:.0f} CPU s for all runs):\n\n" + cli.markdown_table(rows))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,12 @@ def draw(results_path: Path, plots_dir: Path, animations_dir: Path | None = None
         out.append(distributed(json.loads(dist_path.read_text()), plots_dir))
     extras_path = results_path.with_name(f"{CHAPTER}_extras.json")
     if extras_path.exists():
-        out.append(extras(json.loads(extras_path.read_text()), plots_dir))
+        x = json.loads(extras_path.read_text())
+        out.append(extras(x, plots_dir))
+        if "synthetic_vs_real" in x:   # older extras files lack the data experiments
+            out.append(synthetic_vs_real(x["synthetic_vs_real"], plots_dir))
+        if "noise" in x:
+            out.append(noise(x["noise"], plots_dir))
     return out
 
 
@@ -213,6 +218,63 @@ def extras(x: dict, plots_dir: Path) -> Path:
     fig.suptitle("Training at scale, measured small", fontweight="bold")
     fig.tight_layout()
     return plotting.save_fig(fig, plots_dir, "at_scale_tricks")
+
+
+def synthetic_vs_real(sv: dict, plots_dir: Path) -> Path:
+    """Rows: the held-out set scored; lines: the training mix. Right: final loss against the mix."""
+    fig = plt.figure(figsize=(12, 7.5))
+    grid = fig.add_gridspec(2, 2, width_ratios=[1.5, 1])
+    runs = sv["runs"]
+    colors = plt.cm.viridis(np.linspace(0, 0.92, len(runs)))
+    final = fig.add_subplot(grid[:, 1])
+    for row, (key, label) in enumerate((("english", "held-out English"), ("wood", "held-out Hundred Acre Wood"))):
+        ax = fig.add_subplot(grid[row, 0])
+        for (name, r), col in zip(runs.items(), colors):
+            ax.plot(r["curve"]["step"], r["curve"][key], "o-", ms=3.5, color=col, label=f"trained on {name}")
+        ax.set(ylabel="loss (nats/char)", title=f"scored on {label}")
+        ax.title.set_fontsize(10)
+        if row == 1:
+            ax.set_xlabel("training step")
+        else:
+            ax.legend(fontsize=7.5, ncol=2)
+        f = [100 * r["wood_fraction"] for r in runs.values()]
+        final.plot(f, [r["final"][key] for r in runs.values()], "o-", color="C0" if key == "english" else "C2",
+                   label=label)
+    final.set(xlabel="% of training rows from the wood (rest: English)", ylabel="final loss (nats/char)",
+              title="final loss against the mix")
+    final.title.set_fontsize(10)
+    final.legend(fontsize=8)
+    fig.suptitle(f"Synthetic (wood) vs real (English) training data: model {tuple(sv['size'])}, {sv['steps']} steps",
+                 fontweight="bold")
+    fig.tight_layout()
+    return plotting.save_fig(fig, plots_dir, "synthetic_vs_real")
+
+
+def noise(nz: dict, plots_dir: Path) -> Path:
+    """Clean and equally noisy held-out loss per training condition, against the exact floor."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12.5, 4.8), gridspec_kw={"width_ratios": [1.2, 1]})
+    runs = nz["runs"]
+    x = np.arange(len(runs))
+    clean = [r["clean_eval"] for r in runs]
+    noisy = [r["noisy_eval"] for r in runs]
+    a1.bar(x - 0.2, clean, 0.4, color="C0", label="scored on clean held-out stories")
+    a1.bar(x + 0.2, noisy, 0.4, color="C3", label="scored on equally noisy held-out stories")
+    for i, (c, n) in enumerate(zip(clean, noisy)):
+        a1.text(i - 0.2, c, f"{c:.2f}", ha="center", va="bottom", fontsize=7)
+        a1.text(i + 0.2, n, f"{n:.2f}", ha="center", va="bottom", fontsize=7)
+    plotting.entropy_floor(a1, nz["floor_nats_per_char"], label="exact floor (clean stories)")
+    a1.set_xticks(x, [r["name"] for r in runs], rotation=15, fontsize=8)
+    a1.set(ylabel="loss (nats/char)", title="Trained on noisy wood: scored clean and noisy")
+    a1.legend(fontsize=8, loc="upper left")
+    for i, r in enumerate(runs):
+        a2.plot(_smooth(r["train_loss"]), color=plt.cm.tab10(i), label=r["name"])
+    plotting.entropy_floor(a2, nz["floor_nats_per_char"], label="exact floor (clean)")
+    a2.set(xlabel="step", ylabel="train loss on its own (noisy) data, 10-step mean", ylim=(0, None),
+           title="Training curves")
+    a2.legend(fontsize=8)
+    fig.suptitle(f"Noise injection: model {tuple(nz['size'])}, {nz['steps']} steps", fontweight="bold")
+    fig.tight_layout()
+    return plotting.save_fig(fig, plots_dir, "noise_injection")
 
 
 if __name__ == "__main__":
