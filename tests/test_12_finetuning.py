@@ -16,6 +16,7 @@ from shared.testing import load_chapter_module, run_script
 
 CHAPTER = "12_finetuning"
 m = load_chapter_module(CHAPTER, "main")
+X = load_chapter_module(CHAPTER, "extras")
 O = m.obj
 L = m.lora_lib
 
@@ -303,6 +304,122 @@ def test_grpo_advantages_by_hand():
     assert O.grpo_advantages(torch.ones(1, 4)).abs().max() == 0  # all equal: nothing to learn
 
 
+# ----------------------------------------------------------------------------- extras: classification
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_classifier_head_shape_and_padding(pooling):
+    t = tok()
+    clf = X.Classifier(tiny_gpt(vocab=t.vocab_size), 3, pooling, seed=0).eval()
+    assert isinstance(clf.body.lm_head, nn.Identity)  # the LM head is gone, the head reads hidden states
+    texts = ["Pooh hugged the red kite.", "Owl lost it.", "Roo hid the blue drum near the river."]
+    with torch.no_grad():
+        together = clf(*X.encode_texts(t, texts))
+        alone = torch.cat([clf(*X.encode_texts(t, [s])) for s in texts])
+    assert together.shape == (3, 3)
+    assert torch.allclose(together, alone, atol=1e-5)  # right padding never reaches the pooled state
+
+
+def test_fresh_head_is_at_chance():
+    """A freshly initialised head knows nothing: near-uniform predictions, loss ~ ln 3."""
+    t = tok()
+    clf = X.Classifier(tiny_gpt(vocab=t.vocab_size), 3, "last", seed=0).eval()
+    g = torch.Generator().manual_seed(0)
+    letters = "abcdefghiklmnoprstuvwy "
+    texts = ["".join(letters[i] for i in torch.randint(len(letters), (20,), generator=g).tolist()) for _ in range(60)]
+    y = torch.arange(60) % 3
+    with torch.no_grad():
+        logits = clf(*X.encode_texts(t, texts))
+    assert F.cross_entropy(logits, y).item() == pytest.approx(math.log(3), abs=0.1)
+    assert logits.softmax(-1).max().item() < 0.45
+
+
+def test_bow_logistic_regression_separates_a_separable_toy():
+    """Label = which of three keywords a document contains, among random filler words: linearly
+    separable in word counts, so the converged L2-regularised fit must get (nearly) all of it,
+    on training and on fresh documents."""
+    g = torch.Generator().manual_seed(0)
+    filler = [f"filler{c}{d}" for c in "abcdefgh" for d in "xyz"]   # words carrying no label
+    keys = ["happyword", "sadword", "sleepyword"]
+
+    def docs(n):
+        out, labels = [], []
+        for _ in range(n):
+            lab = int(torch.randint(3, (1,), generator=g))
+            words = [filler[i] for i in torch.randint(len(filler), (6,), generator=g).tolist()] + [keys[lab]]
+            out.append(" ".join(words[i] for i in torch.randperm(7, generator=g).tolist()))
+            labels.append(lab)
+        return out, torch.tensor(labels)
+    tr, y_tr = docs(150)
+    te, y_te = docs(100)
+    vocab = X.bow_vocab(tr)
+    assert set(keys) <= set(vocab)
+    lin, fit = X.fit_logreg(X.bow_counts(tr, vocab), y_tr, 3, l2=1e-3)
+    assert fit["train_accuracy"] == 1.0 and fit["grad_norm"] < 1e-3
+    assert X.accuracy(lin(X.bow_counts(te, vocab)), y_te) >= 0.98
+    assert X.bow_counts(["Sadword, sadword zzz."], vocab)[0, vocab.index("sadword")] == 2  # counts, case-folded
+
+
+def test_mood_examples_drop_the_opening_and_keep_test_disjoint():
+    from shared import corpus
+    wood = corpus.HundredAcreWood()
+    train = X.mood_examples(wood, 40, 1, 150)
+    test = X.mood_examples(wood, 40, 2, 150, avoid={t for t, _ in train})
+    assert not {t for t, _ in train} & {t for t, _ in test}
+    for text, label in train + test:
+        assert "day," not in text and not any(mood in text for mood in corpus.MOODS)  # the label is not stated
+        verb = text.rsplit("In the evening, ", 1)[1].split()[1]
+        assert verb in corpus.ENDING_VERBS[corpus.MOODS[label]]  # ... but the ending verb implies it
+
+
+# ----------------------------------------------------------------------------- extras: curriculum
+def test_curriculum_order_sorts_by_key_and_keeps_the_examples():
+    g = torch.Generator().manual_seed(0)
+    examples = [f"ex{i}" for i in range(50)] + ["ex3"]    # a repeat: the multiset must be kept
+    keys = torch.rand(51, generator=g).tolist()
+    keys[7] = keys[8]                                      # a tie
+    by = dict(zip(range(51), keys))
+    for order in X.ORDERS:
+        out = X.curriculum_order(examples, keys, order, seed=1)
+        assert sorted(out) == sorted(examples)
+    easy = X.curriculum_order(list(range(51)), keys, "easy → hard", 0)
+    hard = X.curriculum_order(list(range(51)), keys, "hard → easy", 0)
+    assert [by[i] for i in easy] == sorted(keys)
+    assert [by[i] for i in hard] == sorted(keys, reverse=True)
+    shuffled = X.curriculum_order(list(range(51)), keys, "shuffled", 1)
+    assert shuffled == X.curriculum_order(list(range(51)), keys, "shuffled", 1) != list(range(51))
+    assert X.difficulty_of(easy, list(range(51)), keys) == sorted(keys)
+    with pytest.raises(ValueError):
+        X.curriculum_order(examples, keys, "sideways", 0)
+
+
+def test_answer_scores_agree_with_the_chapters_exact_match():
+    t = tok()
+    model = tiny_gpt(vocab=t.vocab_size)
+    exs = [m.Example(task, f"Story: {c} had a kite.\nQuestion: Who?\nAnswer:", f" {c}")
+           for task, c in (("hero", "Owl"), ("hero", "Roo"), ("color", "red"))]
+    got = X.answer_scores(m, model, t, exs, batch=2)
+    ref = m.exact_match(model, t, exs)
+    assert got["overall"] == ref["overall"] and got["per_task"] == ref["per_task"]
+    with torch.no_grad():  # NLL by hand: -sum log p over the answer tokens (and the newline)
+        by_hand = []
+        for ex in exs:
+            x, y = m.sft_batch(t, [ex])
+            by_hand.append(-O.token_logprobs(model(x), y).sum().item())
+    assert got["nll"] == pytest.approx(sum(by_hand) / 3, rel=1e-5)
+    assert got["nll_per_task"]["color"] == pytest.approx(by_hand[2], rel=1e-5)
+
+
+def test_sft_in_order_feeds_the_batches_in_order(monkeypatch):
+    """The curriculum only means something if SFT really sees the examples in the given order."""
+    t = tok()
+    exs = [m.Example("hero", f"Story: {c}.\nAnswer:", f" {c}") for c in ("Owl", "Roo", "Pooh", "Kanga")]
+    seen = []
+    real = m.sft_batch
+    monkeypatch.setattr(m, "sft_batch", lambda tk, batch, masked=True: seen.append([e.answer for e in batch]) or real(tk, batch, masked))
+    cfg = m.Config(batch=2)
+    m.sft(tiny_gpt(vocab=t.vocab_size), t, exs, cfg, lr=1e-3, steps=2, seed=0, desc="t", in_order=True)
+    assert seen == [[" Owl", " Roo"], [" Pooh", " Kanga"]]
+
+
 # ----------------------------------------------------------------------------- the scripts
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
@@ -331,12 +448,39 @@ def test_quick_run_results(quick_run):
 
 
 def test_visualize_redraws(quick_run):
-    out, _ = quick_run
+    out, res = quick_run
+    assert "extras" not in res  # the default path is unchanged without --extras
     for png in (out / "plots" / CHAPTER).glob("*.png"):
         png.unlink()
     r = run_script(CHAPTER, "visualize.py", "--quick", "--out", out)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert len(list((out / "plots" / CHAPTER).glob("*.png"))) >= 4
+    pngs = {p.name for p in (out / "plots" / CHAPTER).glob("*.png")}
+    assert len(pngs) >= 4 and not any(n.startswith("extras") for n in pngs)
+
+
+def test_quick_run_with_extras(tmp_path):
+    r = run_script(CHAPTER, "main.py", "--quick", "--extras", "--threads", "1", "--out", tmp_path,
+                   "--checkpoints", tmp_path / "ck")
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "results" / f"{CHAPTER}.json").read_text())
+    x = res["extras"]
+    acc = x["classification"]["accuracy"]
+    assert set(acc) == {"chance (majority class)", "BoW logistic regression", "head only (last token)",
+                        "head only (mean pool)", "full fine-tune (last token)"}
+    assert all(0.0 <= v <= 1.0 for v in acc.values())
+    assert len(x["classification"]["full"]["losses"]) == x["config"]["cls_steps"]
+    cur = x["curriculum"]
+    assert set(cur["runs"]) == set(X.ORDERS)
+    for order, runs in cur["runs"].items():
+        assert len(runs) == x["config"]["cur_seeds"]
+        for run_ in runs:
+            assert len(run_["losses"]) == x["config"]["cur_steps"] and 0.0 <= run_["overall"] <= 1.0
+    easy = cur["runs"]["easy → hard"][0]["batch_difficulty"]
+    assert easy == sorted(easy)
+    assert cur["runs"]["hard → easy"][0]["batch_difficulty"] == pytest.approx(easy[::-1], rel=1e-9)
+    assert x["cpu_s"]["total"] > 0
+    pngs = {p.name for p in (tmp_path / "plots" / CHAPTER).glob("*.png")}
+    assert {"extras_classification.png", "extras_curriculum.png"} <= pngs
 
 
 def test_bad_input_exits_2(tmp_path):

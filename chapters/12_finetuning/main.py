@@ -16,12 +16,17 @@ stories. In one chapter we:
      SFT policy: reward against KL on one plot, and PPO with the KL penalty removed, the
      setting in which a policy is free to chase the reward model instead of the truth.
 
-    uv run chapters/12_finetuning/main.py [--quick|--full] [--threads 1]
+    uv run chapters/12_finetuning/main.py [--quick|--full] [--threads 1] [--extras]
+
+`--extras` also runs two optional experiments (extras.py): mood classification with a
+classification head (head only vs full fine-tune vs a bag-of-words baseline), and SFT with
+its examples ordered easy -> hard, shuffled, or hard -> easy.
 """
 from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -233,12 +238,15 @@ def batch_sampler(items: list, batch: int, seed: int):
 
 
 def sft(model: GPT, tok, train: list[Example], cfg: Config, lr: float, steps: int, seed: int, desc: str,
-        masked: bool = True) -> list[float]:
+        masked: bool = True, in_order: bool = False) -> list[float]:
+    """Random batches from `train`; with in_order=True, batch k is train[k*batch:(k+1)*batch]
+    instead (the curriculum extra, where the order of the examples is the experiment)."""
     model.train()
     draw = batch_sampler(train, cfg.batch, seed)
 
     def loss_fn(step):
-        x, y = sft_batch(tok, draw(), masked)
+        batch = train[step * cfg.batch:(step + 1) * cfg.batch] if in_order else draw()
+        x, y = sft_batch(tok, batch, masked)
         return model(x, y)[1]
     return optimise(model.parameters(), loss_fn, steps, lr, desc)
 
@@ -588,6 +596,8 @@ def main(argv=None):
     p.add_argument("--kl-beta", type=float, default=0.1, help="KL penalty weight for PPO/GRPO")
     p.add_argument("--rl-updates", type=int, default=None,
                    help="PPO/GRPO updates (DPO takes twice as many steps); default: the preset's")
+    p.add_argument("--extras", action="store_true",
+                   help="also run the extras: mood classification fine-tuning and SFT curriculum ordering")
     run = cli.setup(p, argv)
     if run.args.lora_rank < 1:
         raise WorkbookError(f"--lora-rank must be at least 1, got {run.args.lora_rank}")
@@ -721,6 +731,18 @@ def main(argv=None):
               f"sampled accuracy {final[name]['accuracy']:.1%}  valid {final[name]['validity']:.1%}")
 
     timings["final_eval"] = time.perf_counter() - t0
+    elapsed_main = time.perf_counter() - t_start
+    # ---- extras (--extras): run last, so the numbers above are the same with or without them ----
+    extras = None
+    if run.args.extras:
+        import extras as extras_lib
+
+        xc = extras_lib.presets(run)  # rough, from FLOPs: the curriculum's SFT runs + the classifier's steps
+        run.estimate(seconds=est(3 * xc.cur_seeds * xc.cur_steps, cfg.batch) + est(xc.cls_steps, xc.cls_batch),
+                     what="extras")
+        extras = extras_lib.run_all(run, sys.modules[__name__], base, bundle.tokenizer, grown, tok, sft_model,
+                                    wood, train, seen, cfg, seed)
+        timings["extras"] = extras["wall_s"]["total"]
     # ---- results -----------------------------------------------------------------------------
     headline = {"sft_exact_match_before": before["overall"], "sft_exact_match_after": after["overall"],
                 "lora_exact_match": lora_acc["overall"], "lora_trainable_share": (n_lora + n_rows) / n_total,
@@ -739,8 +761,10 @@ def main(argv=None):
         "reward_model": {"accuracy": rm_acc, "losses": rm_losses, "variants": variants,
                          "sft_logp_accuracy": sft_logp_acc, "sanity": sanity},
         "rl": {"curves": runs, "final": final, "dpo_losses": dpo_losses, "kl_beta": cfg.kl_beta},
-        "elapsed_s": time.perf_counter() - t_start, "timings_s": timings,
+        "elapsed_s": elapsed_main, "timings_s": timings,   # elapsed_s: the main part (extras: timings_s)
     }
+    if extras is not None:
+        results["extras"] = extras
     run.save_results(results)
     rows = [{"model": "base (no fine-tuning)", "exact match": before["overall"]},
             {"model": "SFT, full", "exact match": after["overall"], "trainable params": sum(p.numel() for p in grown.parameters())},
@@ -765,7 +789,8 @@ def main(argv=None):
         f"RL from the SFT policy ({cfg.rl_updates} updates of {rl_batch} samples; DPO {cfg.dpo_steps} steps of "
         f"{cfg.batch} pairs), measured on {len(rl_test)} held-out prompts x {cfg.rl_group} samples:\n\n"
         f"{cli.markdown_table(rl_rows)}\n\nLoRA merged vs unmerged max |logit diff|: {merge_diff:.2e}. "
-        f"Chapter wall time {results['elapsed_s']:.0f} s.")
+        f"Chapter wall time {results['elapsed_s']:.0f} s"
+        + ("." if extras is None else f" (the extras are timed below).\n\n{extras_lib.notes_markdown(extras, cli.markdown_table)}"))
     import visualize
 
     visualize.draw(run.results_path, run.plots_dir, run.animations_dir)

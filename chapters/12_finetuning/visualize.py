@@ -24,8 +24,11 @@ def draw(results_path: Path, plots_dir: Path, animations_dir: Path | None = None
         raise WorkbookError(f"no results at {results_path}; run chapters/{CHAPTER}/main.py first (same preset flags)")
     r = load_json(results_path)
     plotting.use_style()
-    return [sft_and_lora(r, plots_dir), reward_model(r, plots_dir), reward_vs_kl(r, plots_dir),
-            generations(r, plots_dir)]
+    paths = [sft_and_lora(r, plots_dir), reward_model(r, plots_dir), reward_vs_kl(r, plots_dir),
+             generations(r, plots_dir)]
+    if "extras" in r:  # only runs made with --extras have them
+        paths += [extras_classification(r["extras"], plots_dir), extras_curriculum(r["extras"], plots_dir)]
+    return paths
 
 
 def _smooth(y, k: int = 5):
@@ -104,10 +107,11 @@ def reward_model(r: dict, plots_dir: Path) -> Path:
     if "sft_logp_accuracy" in rm:
         ax.axhline(rm["sft_logp_accuracy"], ls=":", color="k", lw=1, label="SFT model's own log p(answer)")
     ax.set_xticks(x, tasks)
-    ax.set_ylim(0, 1.12)
+    ax.set_ylim(0, 1.4)   # head-room above the bars for the legend
+    ax.set_yticks(np.linspace(0, 1, 6))
     ax.set_ylabel("held-out pairwise accuracy")
     ax.set_title(f"{r['data']['pairs_test']} held-out pairs (same number per task)")
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="upper center", ncol=2)
 
     ax = axes[2]
     if "sanity" in rm:
@@ -185,11 +189,83 @@ def generations(r: dict, plots_dir: Path) -> Path:
     return plotting.save_fig(fig, plots_dir, "generations")
 
 
+# ----------------------------------------------------------------------------- 5. extras (--extras)
+def extras_classification(x: dict, plots_dir: Path) -> Path:
+    c = x["classification"]
+    names, vals = list(c["accuracy"]), list(c["accuracy"].values())
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.4), gridspec_kw={"width_ratios": [1.6, 1]})
+    ax = axes[0]
+    kind = lambda n: "C7" if n.startswith("chance") else "C0" if n.startswith("BoW") else "C2" if "head" in n else "C1"  # noqa: E731
+    bars = ax.barh(names[::-1], vals[::-1], color=[kind(n) for n in names[::-1]])
+    for b, v in zip(bars, vals[::-1]):
+        ax.annotate(f"{v:.0%}", (v, b.get_y() + b.get_height() / 2), xytext=(3, 0), textcoords="offset points",
+                    va="center", fontsize=9)
+    ax.axvline(1 / len(c["labels"]), ls="--", color="gray", lw=1)
+    ax.set_xlim(0, 1.1)
+    ax.set_xlabel(f"held-out accuracy ({c['n_test']} stories, train {c['n_train']}, disjoint)")
+    ax.set_title("mood of a story with its opening sentence removed")
+    ax = axes[1]
+    losses = c["full"]["losses"]
+    ax.plot(losses, alpha=0.3, color="C1")
+    ax.plot(_smooth(losses), color="C1", label="full fine-tune (last token)")
+    ax.axhline(np.log(len(c["labels"])), ls="--", color="gray", lw=1)
+    ax.annotate(f"ln {len(c['labels'])}: a head that knows nothing", (0, np.log(len(c["labels"]))), xytext=(2, 3),
+                textcoords="offset points", fontsize=8, color="gray")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats)")
+    ax.set_title("full fine-tuning loss (training batches)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return plotting.save_fig(fig, plots_dir, "extras_classification")
+
+
+def extras_curriculum(x: dict, plots_dir: Path) -> Path:
+    cur = x["curriculum"]
+    orders = list(cur["summary"])
+    fig, axes = plt.subplots(1, 4, figsize=(22, 4.6), gridspec_kw={"width_ratios": [1, 1, 1.6, 1.3]})
+    for ax, key, run_key, label in ((axes[0], "mean", "overall", "held-out exact match"),
+                                    (axes[1], "nll_mean", "nll", "held-out answer NLL (nats, lower is better)")):
+        for j, o in enumerate(orders):
+            ax.bar(j, cur["summary"][o][key], color=f"C{j}", alpha=0.7)
+            pts = [r[run_key] for r in cur["runs"][o]]
+            ax.scatter([j] * len(pts), pts, color="k", s=18, zorder=3, label="one seed" if j == 0 else None)
+        ax.set_xticks(range(len(orders)), orders, fontsize=9)
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    top = max(r["overall"] for rs in cur["runs"].values() for r in rs)
+    axes[0].set_ylim(0, max(0.1, 1.2 * top))  # a near-zero result should look near zero, not fill the axis
+    axes[0].set_title(f"{cur['steps']} SFT steps x {cur['batch']}, same examples\n(bar: mean of {cur['seeds']} seeds)",
+                      fontsize=11)
+    axes[1].set_title("the sensitive measure: -log p(gold answer)", fontsize=11)
+    ax = axes[2]
+    tasks = list(cur["summary"][orders[0]]["nll_per_task_mean"])
+    xs = np.arange(len(tasks))
+    w = 0.8 / len(orders)
+    for j, o in enumerate(orders):
+        vals = [cur["summary"][o]["nll_per_task_mean"].get(t, 0.0) for t in tasks]
+        ax.bar(xs + (j - (len(orders) - 1) / 2) * w, vals, width=w, color=f"C{j}", alpha=0.8, label=o)
+    diff = cur["task_difficulty"]
+    ax.set_xticks(xs, [f"{t}\n({diff[t]:.1f})" if t in diff else t for t in tasks])
+    ax.set_ylabel("held-out answer NLL, mean over seeds")
+    ax.set_title("per task (under each: its difficulty, NLL under the SFT model)", fontsize=11)
+    ax.legend(fontsize=8)
+    ax = axes[3]
+    for j, o in enumerate(orders):
+        ax.plot(cur["runs"][o][0]["batch_difficulty"], color=f"C{j}", label=o)
+    ax.set_xlabel("step (seed 0)")
+    ax.set_ylabel("batch difficulty (answer NLL under SFT, nats)")
+    ax.set_title("what each run saw, step by step", fontsize=11)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return plotting.save_fig(fig, plots_dir, "extras_curriculum")
+
+
 def main(argv=None):
     p = cli.parser(CHAPTER, __doc__)
     p.add_argument("--unmasked", action="store_true", help=argparse_suppress())
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--kl-beta", type=float, default=0.1)
+    p.add_argument("--extras", action="store_true", help=argparse_suppress())
     run = cli.setup(p, argv, header=False)
     draw(run.results_path, run.plots_dir, run.animations_dir)
 
