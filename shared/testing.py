@@ -13,11 +13,21 @@ from shared import paths
 
 def load_chapter_module(chapter: str, module: str = "main"):
     """Import chapters/<chapter>/<module>.py as `ch<chapter>_<module>` (chapters all have a
-    `main.py`, so their plain names would collide in sys.modules)."""
+    `main.py`, so their plain names would collide in sys.modules).
+
+    The chapter's own helper modules (`import objectives`, `import extras`, ...) get the same
+    treatment: two chapters may both have an `objectives.py`, so while this chapter imports,
+    no other chapter's namesake may sit in sys.modules under the plain name, and afterwards
+    each helper is filed as `ch<chapter>_<name>` (and reused from there next time)."""
     folder = paths.chapter_dir(chapter)
     name = f"ch{chapter}_{module}"
     if name in sys.modules:
         return sys.modules[name]
+    siblings = {p.stem for p in folder.glob("*.py")} - {module}
+    for s in siblings:
+        sys.modules.pop(s, None)
+        if f"ch{chapter}_{s}" in sys.modules:   # loaded before: the same module object, not a second copy
+            sys.modules[s] = sys.modules[f"ch{chapter}_{s}"]
     spec = importlib.util.spec_from_file_location(name, folder / f"{module}.py")
     mod = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(folder))  # so the chapter's own `import visualize` works
@@ -26,6 +36,10 @@ def load_chapter_module(chapter: str, module: str = "main"):
         spec.loader.exec_module(mod)
     finally:
         sys.path.remove(str(folder))
+        for s in siblings:
+            helper = sys.modules.pop(s, None)
+            if helper is not None:
+                sys.modules.setdefault(f"ch{chapter}_{s}", helper)
     return mod
 
 
