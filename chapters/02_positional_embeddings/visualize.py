@@ -236,9 +236,6 @@ def plot_training(res: dict, out: Path) -> Path:
 
 def draw(results_path: Path, plots_dir: Path, animations_dir: Path) -> list[Path]:
     results_path = Path(results_path)
-    if not results_path.exists():
-        raise WorkbookError(f"no results at {results_path}: run chapters/02_positional_embeddings/main.py "
-                            "with the same preset first")
     res = load_json(results_path)
     plotting.use_style()
     return [plot_sinusoidal(res, plots_dir), plot_similarity(res, plots_dir), plot_alibi(res, plots_dir),

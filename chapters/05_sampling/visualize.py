@@ -11,7 +11,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from shared import cli, plotting
-from shared.errors import WorkbookError
 from shared.results import load_json
 
 FAMILY_ORDER = ["temperature only", "top-k 5", "top-p 0.9", "min-p 0.1"]
@@ -20,8 +19,6 @@ MARKERS = {"temperature only": "o", "top-k 5": "s", "top-p 0.9": "^", "min-p 0.1
 
 def draw(results_path: Path, plots_dir: Path, animations_dir: Path | None = None) -> list[Path]:
     results_path = Path(results_path)
-    if not results_path.exists():
-        raise WorkbookError(f"no results at {results_path}; run chapters/05_sampling/main.py first (same preset flags)")
     r = load_json(results_path)
     plotting.use_style()
     return [filters(r, plots_dir), entropy_diversity(r, plots_dir), repetition(r, plots_dir), validity(r, plots_dir)]

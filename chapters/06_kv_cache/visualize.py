@@ -14,7 +14,6 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from shared import cli, plotting
-from shared.errors import WorkbookError
 from shared.results import load_json
 
 CHAPTER = "06_kv_cache"
@@ -259,8 +258,6 @@ def plot_sink_attention(res: dict, out: Path) -> None:
 
 def draw(results_path: Path, plots_dir: Path, animations_dir: Path) -> None:
     results_path = Path(results_path)
-    if not results_path.exists():
-        raise WorkbookError(f"no results at {results_path}; run chapters/{CHAPTER}/main.py with the same preset first")
     res = load_json(results_path)
     plotting.use_style()
     plot_speed(res, plots_dir)

@@ -4,14 +4,13 @@
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 
 from shared import cli, plotting
-from shared.errors import WorkbookError
+from shared.results import load_json
 
 LABELS = {"dense": "dense (matched active params)", "moe": "MoE + balancing loss",
           "moe_no_aux": "MoE, no balancing loss", "deepspeed_moe": "DeepSpeed MoE + its l_aux"}
@@ -151,9 +150,7 @@ def costs(res, out):
 
 def draw(results_path: Path, plots_dir: Path, animations_dir: Path | None = None) -> list[Path]:
     results_path = Path(results_path)
-    if not results_path.exists():
-        raise WorkbookError(f"no results at {results_path}; run main.py with the same preset first")
-    res = json.loads(results_path.read_text())
+    res = load_json(results_path)
     plotting.use_style()
     paths = [loss_curves(res, plots_dir), utilisation(res, plots_dir), imbalance(res, plots_dir),
              capacity(res, plots_dir), costs(res, plots_dir)]

@@ -11,7 +11,6 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from shared import cli, plotting
-from shared.errors import WorkbookError
 from shared.results import load_json
 
 NAMES = {"gelu": "GELU (erf)", "gelu_tanh": "GELU (tanh approx.)", "silu": "SiLU / Swish", "relu": "ReLU"}
@@ -19,8 +18,6 @@ NAMES = {"gelu": "GELU (erf)", "gelu_tanh": "GELU (tanh approx.)", "silu": "SiLU
 
 def draw(results_path: Path, plots_dir: Path, animations_dir: Path | None = None) -> list[Path]:
     results_path = Path(results_path)
-    if not results_path.exists():
-        raise WorkbookError(f"no results at {results_path}: run main.py with the same preset first")
     plotting.use_style()
     r = load_json(results_path)
     return [draw_activations(r, plots_dir), draw_checks(r, plots_dir), draw_bake_off(r, plots_dir),

@@ -10,7 +10,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from shared import cli, plotting
-from shared.errors import WorkbookError
 from shared.results import load_json
 
 NAMES = {"mlm": "masked LM (BERT)", "clm": "causal LM (GPT)", "prefix": "prefix LM"}
@@ -18,8 +17,6 @@ COLORS = {"mlm": "C0", "clm": "C1", "prefix": "C2", "chance": "0.75", "oracle": 
 
 
 def draw(results_path: Path, plots_dir: Path, animations_dir: Path | None = None) -> list[Path]:
-    if not Path(results_path).exists():
-        raise WorkbookError(f"no results at {results_path}; run main.py with the same preset first")
     plotting.use_style()
     r = load_json(results_path)
     paths = [draw_masks(r, plots_dir), draw_losses(r, plots_dir), draw_fill(r, plots_dir), draw_suffix(r, plots_dir)]

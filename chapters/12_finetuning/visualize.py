@@ -10,7 +10,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from shared import cli, plotting
-from shared.errors import WorkbookError
 from shared.results import load_json
 
 CHAPTER = "12_finetuning"
@@ -20,8 +19,6 @@ MARKERS = {"PPO": "o", "GRPO": "s", "DPO": "^", "PPO, no KL": "X"}
 
 def draw(results_path: Path, plots_dir: Path, animations_dir: Path | None = None) -> list[Path]:
     results_path = Path(results_path)
-    if not results_path.exists():
-        raise WorkbookError(f"no results at {results_path}; run chapters/{CHAPTER}/main.py first (same preset flags)")
     r = load_json(results_path)
     plotting.use_style()
     paths = [sft_and_lora(r, plots_dir), reward_model(r, plots_dir), reward_vs_kl(r, plots_dir),

@@ -4,7 +4,6 @@
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -17,13 +16,11 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from shared import cli, plotting  # noqa: E402
-from shared.errors import WorkbookError  # noqa: E402
+from shared.results import load_json  # noqa: E402
 
 
 def load(results_path: Path) -> dict:
-    if not Path(results_path).exists():
-        raise WorkbookError(f"no results at {results_path}; run main.py with the same preset first")
-    return json.loads(Path(results_path).read_text())
+    return load_json(results_path)
 
 
 def gap_axis(ax) -> None:

@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -13,7 +12,7 @@ import numpy as np
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from shared import cli, plotting
-from shared.errors import WorkbookError
+from shared.results import load_json
 
 CHAPTER = "15_stacks"
 ORDER = ("pytorch", "hf", "deepspeed", "llama.cpp", "vllm", "exllamav2")
@@ -29,9 +28,7 @@ def _colors(names):
 
 
 def _load(results_path: Path) -> dict:
-    if not Path(results_path).exists():
-        raise WorkbookError(f"no results at {results_path}; run main.py with the same preset first")
-    return json.loads(Path(results_path).read_text())
+    return load_json(results_path)
 
 
 def _plain_log_ticks(axis) -> None:
