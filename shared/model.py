@@ -14,7 +14,7 @@ and back with identical logits; a GPT-2-style config converts to `GPT2LMHeadMode
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn

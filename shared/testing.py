@@ -3,6 +3,7 @@ chapter script as a user would (a subprocess, so its sys.path and exit code are 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -48,3 +49,19 @@ def run_script(chapter: str, script: str, *args: str, timeout: float = 600) -> s
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
     cmd = [sys.executable, str(paths.chapter_dir(chapter) / script), *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=Path.cwd())
+
+
+def run_quick(chapter: str, out: Path, *args: str, checkpoints: str = "ck") -> tuple[Path, subprocess.CompletedProcess]:
+    """`main.py --quick --threads 1` with every output under `out` (checkpoints in
+    `out/<checkpoints>`), as the chapters' end-to-end tests run it. A non-zero exit fails
+    the calling test with the tail of the script's output."""
+    proc = run_script(chapter, "main.py", "--quick", "--threads", "1", "--out", out,
+                      "--checkpoints", Path(out) / checkpoints, *args)
+    if proc.returncode != 0:
+        raise AssertionError(f"main.py --quick exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return Path(out), proc
+
+
+def results_of(out: Path, chapter: str) -> dict:
+    """The results JSON a run with `--out out` wrote."""
+    return json.loads((Path(out) / "results" / f"{chapter}.json").read_text())

@@ -3,7 +3,6 @@ HF tokenizers and tiktoken; superwords, entropy patching, embeddings, and the sc
 from __future__ import annotations
 
 import importlib
-import json
 import random
 import sys
 from collections import Counter
@@ -16,7 +15,7 @@ import torch
 from shared import paths
 from shared.corpus import english_text
 from shared.errors import WorkbookError
-from shared.testing import run_script
+from shared.testing import results_of, run_quick, run_script
 
 CH = "01_tokenization"
 
@@ -217,7 +216,6 @@ def test_superwords_cross_word_boundaries_and_roundtrip(corpus, tok):
     rng = random.Random(5)
     for s in [text[:3000], random_text(rng, 300), f"one{ENDOFTEXT} of the"]:
         assert sw.decode(sw.encode(s)) == s
-    n = len(text.encode())
     # each superword replaces two or more tokens: fewer tokens than the base BPE (~5% here)
     assert len(sw.encode(text)) < 0.97 * len(base.encode(text))
     assert sw.truncated(0).encode(text) == base.encode(text)
@@ -319,15 +317,12 @@ EXPECTED_PLOTS = ["vocab_vs_compression", "merge_frequency", "throughput", "toke
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ch01")
-    proc = run_script(CH, "main.py", "--quick", "--out", out, "--checkpoints", out / "ckpt")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, proc
+    return run_quick(CH, tmp_path_factory.mktemp("ch01"))
 
 
 def test_main_quick_end_to_end(quick_run):
     out, proc = quick_run
-    r = json.loads((out / "results" / f"{CH}.json").read_text())
+    r = results_of(out, CH)
     for key in ("headline", "throughput", "vocab_sweep", "merge_counts", "superwords", "patching",
                 "samples", "embeddings", "agreement", "checks", "meta"):
         assert key in r, key
@@ -345,7 +340,7 @@ def test_main_quick_end_to_end(quick_run):
         assert (out / "plots" / CH / f"{name}.png").stat().st_size > 5000, name
     page = (out / "plots" / CH / "token_boundaries.html").read_text()
     assert page.startswith("<!doctype html>") and "🐻" in page and "title=" in page
-    assert (out / "ckpt" / CH / "bpe512.json").exists()
+    assert (out / "ck" / CH / "bpe512.json").exists()
 
 
 def test_visualize_redraws_from_json_alone(quick_run):

@@ -2,7 +2,6 @@
 closed forms, and Hugging Face's RoPE where installed), RoPE's relative-position property,
 the learned table's refusal past its length, order blindness without positions, and the
 scripts end to end."""
-import json
 import math
 
 import pytest
@@ -11,7 +10,7 @@ import torch
 from shared import model as shared_model
 from shared.errors import WorkbookError
 from shared.model import GPT, GPTConfig
-from shared.testing import load_chapter_module, run_script
+from shared.testing import load_chapter_module, results_of, run_quick, run_script
 
 CHAPTER = "02_positional_embeddings"
 P = load_chapter_module(CHAPTER, "positions")
@@ -185,15 +184,12 @@ def test_bands_split_at_the_training_length():
 # ----------------------------------------------------------------------------- scripts
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("out")
-    proc = run_script(CHAPTER, "main.py", "--quick", "--threads", "1", "--out", out, "--checkpoints", out / "ck")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, proc
+    return run_quick(CHAPTER, tmp_path_factory.mktemp("out"))
 
 
 def test_main_quick_end_to_end(quick_run):
     out, proc = quick_run
-    res = json.loads((out / "results" / f"{CHAPTER}.json").read_text())
+    res = results_of(out, CHAPTER)
     cfg = res["config"]
     assert res["meta"]["preset"] == "quick"
     assert set(res["schemes"]) == set(ch.VARIANTS)

@@ -1,6 +1,5 @@
 """Chapter 03 · Attention: every hand-written step against torch, the √d demonstration,
 the trained-model probes on small random models, and the scripts end to end."""
-import json
 import math
 
 import pytest
@@ -9,7 +8,7 @@ import torch.nn.functional as F
 
 from shared.corpus import HundredAcreWood
 from shared.model import GPT, GPTConfig
-from shared.testing import load_chapter_module, run_script
+from shared.testing import load_chapter_module, results_of, run_quick, run_script
 
 ch = load_chapter_module("03_attention", "main")
 vis = load_chapter_module("03_attention", "visualize")
@@ -196,15 +195,12 @@ def test_parse_lengths_rejects_bad_input(bad):
 # ----------------------------------------------------------------------------- the scripts
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ch03")
-    proc = run_script("03_attention", "main.py", "--quick", "--out", out, "--checkpoints", out / "ck")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, proc
+    return run_quick("03_attention", tmp_path_factory.mktemp("ch03"))
 
 
 def test_main_quick_end_to_end(quick_run):
     out, proc = quick_run
-    r = json.loads((out / "results" / "03_attention.json").read_text())
+    r = results_of(out, "03_attention")
     assert r["meta"]["preset"] == "quick"
     assert all(c["ok"] for c in r["checks"]) and any(c["step"].startswith("5") for c in r["checks"])
     assert r["headline"]["max_abs_diff_vs_reference"] <= TOL

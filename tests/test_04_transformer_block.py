@@ -1,7 +1,6 @@
 """Chapter 04 · The transformer block: the hand-built block against shared.model.Block, the
 break-it switches, every hand-written NumPy gradient against autograd (float64), NumPy AdamW
 against torch.optim.AdamW, LoRA, and the scripts end to end."""
-import json
 import math
 
 import numpy as np
@@ -10,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from shared.model import GPT, Block, GPTConfig
-from shared.testing import load_chapter_module, run_script
+from shared.testing import load_chapter_module, results_of, run_quick, run_script
 
 CH = "04_transformer_block"
 ch = load_chapter_module(CH, "main")
@@ -298,10 +297,8 @@ def test_lora_updates_only_a_and_b():
 
 # ----------------------------------------------------------------------------- the scripts
 def test_main_quick_end_to_end(tmp_path):
-    # one thread: on a busy machine two threads waiting on each other are much slower
-    r = run_script(CH, "main.py", "--quick", "--threads", "1", "--out", tmp_path, "--checkpoints", tmp_path / "ck")
-    assert r.returncode == 0, r.stderr[-2000:]
-    res = json.loads((tmp_path / "results" / f"{CH}.json").read_text())
+    run_quick(CH, tmp_path)
+    res = results_of(tmp_path, CH)
     h = res["headline"]
     assert res["meta"]["preset"] == "quick"
     for check in res["block_check"].values():

@@ -21,7 +21,7 @@ from shared import paths
 from shared.corpus import HundredAcreWood
 from shared.errors import WorkbookError
 from shared.model import GPT, GPTConfig, sample_logits
-from shared.testing import load_chapter_module, run_script
+from shared.testing import load_chapter_module, results_of, run_quick, run_script
 from shared.tokenizer import CharTokenizer
 
 CHAPTER = "05_sampling"
@@ -267,15 +267,12 @@ def _free_port_server(tmp_path, model_dir):
 # ----------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ch05")
-    r = run_script(CHAPTER, "main.py", "--quick", "--out", out, "--checkpoints", out / "models")
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return out, r
+    return run_quick(CHAPTER, tmp_path_factory.mktemp("ch05"))
 
 
 def test_main_quick_end_to_end(quick_run):
     out, r = quick_run
-    res = json.loads((out / "results" / f"{CHAPTER}.json").read_text())
+    res = results_of(out, CHAPTER)
     assert res["meta"]["preset"] == "quick"
     assert res["checks"]["all_pass"] and res["headline"]["checks_pass"]
     greedy = next(x for x in res["sweep"] if x["family"] == "greedy")
@@ -401,7 +398,7 @@ def test_live_handler_in_process():
 @pytest.mark.slow
 def test_live_server_endpoints_and_page(quick_run, tmp_path):
     out, _ = quick_run
-    proc, url = _free_port_server(tmp_path, out / "models")
+    proc, url = _free_port_server(tmp_path, out / "ck")
     try:
         page = urllib.request.urlopen(url, timeout=30).read().decode()
         assert '"live":true' in page

@@ -6,14 +6,13 @@ must equal a sliding-window model, and the sinks variant must keep its sink rows
 """
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
 
 from shared.errors import WorkbookError
 from shared.model import GPT, GPTConfig, KVCache
-from shared.testing import load_chapter_module, run_script
+from shared.testing import load_chapter_module, results_of, run_quick, run_script
 
 CHAPTER = "06_kv_cache"
 kc = load_chapter_module(CHAPTER, "kvcache")
@@ -194,10 +193,7 @@ def test_sinks_at_cache_positions_are_a_rope_shift():
 # ----------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ch06")
-    r = run_script(CHAPTER, "main.py", "--quick", "--out", out, "--checkpoints", out / "models", "--threads", "1")
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return out, r
+    return run_quick(CHAPTER, tmp_path_factory.mktemp("ch06"))
 
 
 PLOTS = {"speedup", "step_latency", "memory", "hit_miss", "ring_buffer", "long_text_loss", "sink_attention"}
@@ -205,7 +201,7 @@ PLOTS = {"speedup", "step_latency", "memory", "hit_miss", "ring_buffer", "long_t
 
 def test_main_quick_end_to_end(quick_run):
     out, r = quick_run
-    res = json.loads((out / "results" / f"{CHAPTER}.json").read_text())
+    res = results_of(out, CHAPTER)
     assert res["meta"]["preset"] == "quick"
     assert res["headline"]["identical_tokens"] is True
     assert res["vs_shared_kvcache"]["max_abs_diff_vs_shared_kvcache"] < 1e-4

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from shared import paths
 from shared.model import GPT, GPTConfig
-from shared.testing import load_chapter_module, run_script
+from shared.testing import load_chapter_module, results_of, run_quick, run_script
 
 CH = "07_long_context"
 ta = load_chapter_module(CH, "tiled_attention")
@@ -202,15 +202,12 @@ def test_triton_kernel_on_gpu():
 # ----------------------------------------------------------------------------- the scripts
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ch07")
-    r = run_script(CH, "main.py", "--quick", "--threads", "1", "--out", out, "--checkpoints", out / "ck")
-    assert r.returncode == 0, r.stderr[-3000:]
-    return out, r
+    return run_quick(CH, tmp_path_factory.mktemp("ch07"))
 
 
 def test_main_quick_end_to_end(quick_run):
     out, r = quick_run
-    res = json.loads((out / "results" / f"{CH}.json").read_text())
+    res = results_of(out, CH)
     assert res["meta"]["preset"] == "quick"
     assert max(row["max |tiled - full|"] for row in res["correctness"]) < 1e-5
     by = {(row["method"], row["T"]): row for row in res["scaling"]}

@@ -1,7 +1,6 @@
 """Chapter 08: router/top-k gating, capacity and token dropping, the Switch balancing loss and
 the router z-loss on hand-worked numbers; our MoE layer == shared.model.MoE (and DeepSpeed's)
 with unlimited capacity; the layer plugs into the shared GPT's loss; the scripts end to end."""
-import json
 import math
 
 import pytest
@@ -9,7 +8,7 @@ import torch
 
 from shared.errors import StackMissing
 from shared.model import GPT, MoE, GPTConfig
-from shared.testing import load_chapter_module, run_script
+from shared.testing import load_chapter_module, results_of, run_quick, run_script
 
 CH = "08_mixture_of_experts"
 moe = load_chapter_module(CH, "moe")
@@ -177,15 +176,12 @@ def test_deepspeed_moe_forward_on_cpu():
 # ----------------------------------------------------------------------------- scripts
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ch08")
-    r = run_script(CH, "main.py", "--quick", "--out", out, "--checkpoints", out / "ck")
-    assert r.returncode == 0, r.stderr[-3000:]
-    return out, r
+    return run_quick(CH, tmp_path_factory.mktemp("ch08"))
 
 
 def test_main_quick_end_to_end(quick_run):
     out, r = quick_run
-    res = json.loads((out / "results" / f"{CH}.json").read_text())
+    res = results_of(out, CH)
     h = res["headline"]
     assert h["our_moe_vs_shared_max_diff"] < 1e-5
     assert h["total_over_active_params_moe"] > 1.2

@@ -1,12 +1,11 @@
 """Chapter 09 · Grouped-query attention: the MHA → GQA conversion, the cache-size formula,
 the latent (MLA) layer and its cache, and the scripts end to end."""
-import json
 
 import pytest
 import torch
 
 from shared.model import GPT, GPTConfig, KVCache
-from shared.testing import load_chapter_module, run_script
+from shared.testing import load_chapter_module, results_of, run_quick, run_script
 
 av = load_chapter_module("09_grouped_query_attention", "attention_variants")
 
@@ -121,10 +120,8 @@ def test_effective_rank():
 
 # ----------------------------------------------------------------------------- scripts
 def test_main_quick_end_to_end(tmp_path):
-    res = run_script("09_grouped_query_attention", "main.py", "--quick", "--out", tmp_path,
-                     "--checkpoints", tmp_path / "ck")
-    assert res.returncode == 0, res.stderr[-3000:]
-    r = json.loads((tmp_path / "results" / "09_grouped_query_attention.json").read_text())
+    run_quick("09_grouped_query_attention", tmp_path)
+    r = results_of(tmp_path, "09_grouped_query_attention")
     assert [g["kv_heads"] for g in r["groups"]] == sorted({g["kv_heads"] for g in r["groups"]}, reverse=True)
     assert all(row["measured_bytes"] == row["formula_bytes"] for row in r["cache"])
     assert r["seed_claim"]["ratio"] == 4

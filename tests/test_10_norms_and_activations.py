@@ -1,7 +1,6 @@
 """Chapter 10 · Norms and activations: every hand-written forward against torch, every
 hand-written backward against finite differences (gradcheck) and against autograd, proof that
 a wrong backward is caught, the hooks' bookkeeping, and the scripts end to end."""
-import json
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ import torch.nn.functional as F
 from torch.autograd import gradcheck
 
 from shared.model import GPT, GPTConfig
-from shared.testing import load_chapter_module, run_script
+from shared.testing import load_chapter_module, results_of, run_quick, run_script
 
 CH = "10_norms_and_activations"
 bh = load_chapter_module(CH, "by_hand")
@@ -143,10 +142,8 @@ def test_verdict_and_lr_parsing():
 # ----------------------------------------------------------------------------- scripts
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("out10")
-    res = run_script(CH, "main.py", "--quick", "--threads", "1", "--out", out, "--checkpoints", out / "ck")
-    assert res.returncode == 0, res.stderr[-3000:]
-    return out, json.loads((out / "results" / f"{CH}.json").read_text())
+    out, _ = run_quick(CH, tmp_path_factory.mktemp("out10"))
+    return out, results_of(out, CH)
 
 
 def test_main_quick_end_to_end(quick_run):

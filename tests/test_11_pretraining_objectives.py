@@ -1,15 +1,13 @@
 """Chapter 11 · Pretraining objectives: the three masks exactly, BERT's 80/10/10 corruption,
 the mask-taking model against the shared causal GPT, Poincaré distance properties, the
 Bayes-optimal fill-in oracle, and the scripts end to end."""
-import json
 import math
 
-import pytest
 import torch
 
 from shared.corpus import HundredAcreWood
 from shared.model import GPT, GPTConfig
-from shared.testing import load_chapter_module, run_script
+from shared.testing import load_chapter_module, results_of, run_quick, run_script
 
 CH = "11_pretraining_objectives"
 obj = load_chapter_module(CH, "objectives")
@@ -196,9 +194,8 @@ def test_riemannian_sgd_stays_in_the_ball_and_learns_the_tree():
 
 # ----------------------------------------------------------------------------- end to end
 def test_main_quick_end_to_end(tmp_path):
-    r = run_script(CH, "main.py", "--quick", "--threads", "1", "--out", tmp_path, "--checkpoints", tmp_path)
-    assert r.returncode == 0, r.stderr[-2000:]
-    res = json.loads((tmp_path / "results" / f"{CH}.json").read_text())
+    run_quick(CH, tmp_path)
+    res = results_of(tmp_path, CH)
     h = res["headline"]
     for k in ("mlm", "clm", "prefix", "oracle", "chance"):
         assert 0.0 <= h[f"fill_acc_{k}"] <= 1.0

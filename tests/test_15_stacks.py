@@ -3,7 +3,6 @@ checked on a fake engine, missing stacks are one line, the chat page streams in 
 headless browser, and main.py / visualize.py run end to end."""
 from __future__ import annotations
 
-import json
 import shutil
 import threading
 import time
@@ -15,7 +14,7 @@ import torch
 from shared import hf, stacks
 from shared.errors import StackMissing
 from shared.model import GPT, GPTConfig
-from shared.testing import load_chapter_module, run_script
+from shared.testing import load_chapter_module, results_of, run_quick, run_script
 from shared.tokenizer import CharTokenizer
 
 CHAPTER = "15_stacks"
@@ -242,16 +241,12 @@ def test_chat_stop_button_ends_generation(chat_server):
 # ----------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ch15")
-    r = run_script(CHAPTER, "main.py", "--quick", "--out", out, "--checkpoints", out / "models",
-                   "--stacks", "pytorch,hf,vllm")
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return out, r
+    return run_quick(CHAPTER, tmp_path_factory.mktemp("ch15"), "--stacks", "pytorch,hf,vllm")
 
 
 def test_main_quick_end_to_end(quick_run):
     out, r = quick_run
-    res = json.loads((out / "results" / f"{CHAPTER}.json").read_text())
+    res = results_of(out, CHAPTER)
     assert res["meta"]["preset"] == "quick"
     by = {s["stack"]: s for s in res["stacks"]}
     assert set(by) == {"pytorch", "hf"} if not torch.cuda.is_available() else {"pytorch", "hf"} <= set(by)
