@@ -101,18 +101,36 @@ def test_w8a8_matches_float_and_int_kernel():
 
 
 # ----------------------------------------------------------------------------- AWQ
-def test_awq_search_protects_planted_outlier_channels():
-    g = torch.Generator().manual_seed(1)
+def planted_layer(seed=1):
+    """A linear whose input has four loud channels (30x the rest): where AWQ's scales should help."""
+    g = torch.Generator().manual_seed(seed)
     x = torch.randn(2048, 128, generator=g)
     loud = torch.tensor([3, 40, 77, 100])
     x[:, loud] *= 30.0
-    w = torch.randn(64, 128, generator=g) * 0.05
-    spec = QuantSpec(4, False, 32)
-    s, alpha, curve = awq.search_scale([w], x, spec, grid=20)
-    assert curve[0] == pytest.approx(awq.output_error([w], x, torch.ones(128), spec))  # alpha 0 == RTN
-    assert alpha > 0 and min(curve) < 0.7 * curve[0]
-    assert s[loud].min() > s[~torch.isin(torch.arange(128), loud)].max()   # the loud channels scaled up
+    lin = torch.nn.Linear(128, 64, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(64, 128, generator=g) * 0.05)
+    return lin, x, loud
+
+
+@pytest.mark.parametrize("group", ["channel", 32])
+def test_awq_search_protects_planted_outlier_channels(group):
+    lin, x, loud = planted_layer()
+    w0 = lin.weight.detach().clone()
+    spec = QuantSpec(4, False, group)
+    with torch.no_grad():
+        rtn = float((x @ (Q.quant_dequant(w0, spec) - w0).T).pow(2).mean())
+        s, alpha, curve = awq.search_scale(lin, [lin], x, spec, grid=20)
+    assert torch.equal(lin.weight, w0)                                   # the search leaves the layer as it was
+    assert curve[0] == pytest.approx(rtn, rel=1e-4)                      # alpha = 0 is RTN
+    assert curve[0] == pytest.approx(awq.output_error([w0], x, torch.ones(128), spec), rel=1e-4)
+    assert alpha > 0 and min(curve) < 0.7 * curve[0]                     # the scales cut the output error
+    assert s[loud].min() > s[~torch.isin(torch.arange(128), loud)].max()  # the loud channels scaled up
     assert s.max() * s.min() == pytest.approx(1.0, rel=1e-4)
+    # and it is real AWQ, not a lucky grid point: quantizing W diag(s) and dividing by s beats RTN
+    with torch.no_grad():
+        awq_err = float((x @ (Q.quant_dequant(w0 * s, spec) / s - w0).T).pow(2).mean())
+    assert awq_err == pytest.approx(min(curve), rel=1e-4) and awq_err < 0.7 * rtn
 
 
 def tiny_llama(seed=0, vocab=40, layers=2):
@@ -121,14 +139,100 @@ def tiny_llama(seed=0, vocab=40, layers=2):
                          norm="rmsnorm", activation="swiglu", tie_embeddings=False)).eval()
 
 
-def test_awq_folding_leaves_the_float_model_unchanged():
+def loud_tiny_llama():
+    """tiny_llama with a few loud channels after each norm, so the searched scales are not all 1."""
     model = tiny_llama()
+    with torch.no_grad():
+        for b in model.blocks:
+            b.attn_norm.weight[[3, 17]] = 15.0
+            b.mlp_norm.weight[[5, 40]] = 15.0
+    return model
+
+
+def test_qkv_scales_are_judged_by_the_attention_output():
+    model = loud_tiny_llama()
     x = torch.randint(0, 40, (2, 32))
-    inputs = awq.collect_inputs(model, [x])
-    folded, report = awq.apply_awq(model, inputs, QuantSpec(4, False, 32), grid=6)
-    assert {r["group"] for r in report} == {"qkv", "o", "gate_up", "down"}
+    xs, kw = awq.block_inputs(model, [x])
+    block = model.blocks[0]
+    h = block.attn_norm(xs[0])
+    lins = [block.attn.q_proj, block.attn.k_proj, block.attn.v_proj]
+    spec = QuantSpec(4, False, 16)
+    with torch.no_grad():
+        ref = block.attn(h, **kw)
+        rtn = copy_with(block.attn, lambda w: Q.quant_dequant(w, spec), ("q_proj", "k_proj", "v_proj"))
+        rtn_err = float((rtn(h, **kw) - ref).pow(2).mean())
+        _, _, curve = awq.search_scale(block.attn, lins, h, spec, grid=4, **kw)
+    assert curve[0] == pytest.approx(rtn_err, rel=1e-4)   # softmax, RoPE and o_proj included, o_proj not rounded
+
+
+def copy_with(module, fn, names):
+    import copy
+
+    m = copy.deepcopy(module)
+    with torch.no_grad():
+        for n in names:
+            getattr(m, n).weight.copy_(fn(getattr(m, n).weight))
+    return m
+
+
+def test_awq_folding_leaves_the_float_model_unchanged():
+    model = loud_tiny_llama()
+    x = torch.randint(0, 40, (2, 32))
+    spec = QuantSpec(4, False, 32)
+    folded, report = awq.apply_awq(model, [x], spec, grid=6, clip=False)
+    assert {r["group"] for r in report["scales"]} == {"qkv", "o", "gate_up", "down"} and not report["clip"]
+    assert any(r["alpha"] > 0 for r in report["scales"])              # some weights really were rescaled
+    assert not torch.allclose(folded.blocks[0].attn.q_proj.weight, model.blocks[0].attn.q_proj.weight)
     torch.testing.assert_close(folded(x), model(x), atol=1e-4, rtol=1e-4)
-    assert all(r["awq_error"] <= r["rtn_error"] for r in report)
+    assert all(r["awq_error"] <= r["rtn_error"] for r in report["scales"])
+    clipped, report = awq.apply_awq(model, [x], spec, grid=6, clip=True)
+    names = {r["linear"] for r in report["clip"]}
+    assert names == {"attn.v_proj", "attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}
+    for a, b in zip(clipped.blocks, folded.blocks):                   # same scales; q/k are never clipped
+        assert torch.equal(a.attn.q_proj.weight, b.attn.q_proj.weight)
+        assert (a.mlp.down_proj.weight.abs() <= b.mlp.down_proj.weight.abs() + 1e-7).all()
+
+
+@pytest.mark.parametrize("group", ["channel", 16])
+def test_clipping_never_increases_a_groups_error(group):
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(48, 64, generator=g) * 0.05
+    w[torch.arange(48), torch.randint(0, 64, (48,), generator=g)] = 0.6   # one stray weight per row
+    x = torch.randn(600, 64, generator=g)
+    spec = QuantSpec(4, False, group)
+    max_val, err, rtn_err = awq.search_clip(w, x, spec, grid=20)
+    assert (err <= rtn_err).all()                                      # shrink 0 (no clip) is on the grid
+    assert (err < rtn_err).float().mean() > 0.2 and err.sum() < 0.98 * rtn_err.sum()   # stray weights: clip pays
+    org = Q._grouped(w, group).abs().amax(-1)
+    assert (max_val <= org + 1e-7).all() and (max_val >= 0.5 * org - 1e-7).all()
+    # the reported error is what the clipped, rounded weights really give on those tokens
+    lin = torch.nn.Linear(64, 48, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+        awq.clip_(lin, max_val, spec)
+    xs = x[torch.linspace(0, len(x) - 1, 512).long()]
+    qg, wg = Q._grouped(Q.quant_dequant(lin.weight.detach(), spec), group), Q._grouped(w, group)
+    xg = xs.reshape(len(xs), wg.shape[1], -1)
+    real = torch.einsum("tng,ong->ont", xg, qg - wg).pow(2).mean(-1)
+    torch.testing.assert_close(real, err, rtol=1e-4, atol=1e-9)
+
+
+def test_story_nats_matches_story_loss_and_paired_difference():
+    from shared.corpus import HundredAcreWood
+    from shared.evaluate import story_loss
+
+    stories = HundredAcreWood().stories(12, seed=5)
+    tok = CharTokenizer.from_text("\n" + "".join(st.text for st in stories))
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, d_model=32, block_size=512, pos="rope",
+                          norm="rmsnorm", activation="swiglu")).eval()
+    nats, chars, kept = main.story_nats(model, tok, stories, "cpu", batch_size=5)
+    ref = story_loss(model, tok, stories, "cpu")
+    assert len(kept) == ref["stories"] > 0
+    assert float(nats.sum() / chars.sum()) == pytest.approx(ref["model_nats_per_char"], rel=1e-5)
+    d, se = main.paired_difference(nats + 0.01 * chars, nats, chars)   # a constant 0.01 nats/char worse
+    assert d == pytest.approx(0.01) and se == pytest.approx(0.0, abs=1e-12)
+    d, se = main.paired_difference(nats * 1.1, nats, chars)            # differences vary: se > 0
+    assert d > 0 and se > 0
 
 
 def test_awq_gemm_layout_round_trip():
@@ -268,6 +372,11 @@ def test_main_quick_end_to_end_and_visualize(tmp_path):
     assert {row["bits"] for row in r["low_bits"]} == {4, 3, 2}
     assert [row["type"] for row in r["gguf"]["rows"]] == ["F32", "F16", "Q8_0", "Q4_0"]
     assert r["awq_export"]["codes_roundtrip_exact"]
+    rows = r["awq_vs_rtn"]["rows"]
+    assert [(row["granularity"], row["bits"]) for row in rows] == [("channel", 4), ("channel", 3), ("g32", 4), ("g32", 3)]
+    assert "awq_scales_only_vs_fp32" in rows[0] and all(row["awq_minus_rtn_se"] > 0 for row in rows)
+    assert all(row["module_error_ratio"] <= 1 and row["clip_error_ratio"] <= 1 for row in rows)
+    assert r["awq_vs_rtn"]["stories"] >= r["awq_vs_rtn"]["table_stories"] == r["stories"]
     if stacks.available("llama-cpp"):
         assert r["gguf"]["checks"]["f32_logits_match_torch_1e-4"] and r["gguf"]["checks"]["q8_0_ppl_within_1pct"]
         assert r["gguf"]["checks"]["tokenizer_roundtrip"]
@@ -276,4 +385,4 @@ def test_main_quick_end_to_end_and_visualize(tmp_path):
         p.unlink()
     redraw = run_script(CHAPTER, "visualize.py", "--quick", "--out", tmp_path)
     assert redraw.returncode == 0, redraw.stderr[-2000:]
-    assert {p.stem for p in plots.glob("*.png")} == {"error_vs_bits", "loss_vs_size", "histograms", "rtn_awq_qat"}
+    assert {p.stem for p in plots.glob("*.png")} == {"error_vs_bits", "loss_vs_size", "histograms", "rtn_awq_qat", "awq_vs_rtn"}

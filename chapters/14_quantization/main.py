@@ -31,6 +31,40 @@ def quality(model, tok, stories, device) -> float:
     return story_loss(model, tok, stories, device)["model_nats_per_char"]
 
 
+@torch.no_grad()
+def story_nats(model, tok, stories, device, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Summed nats and characters PER STORY (as `story_loss` scores them: each story after a
+    newline, stories longer than the context skipped), and the indices of the stories kept.
+    Per-story numbers let two models be compared story by story (a paired comparison)."""
+    model.eval()
+    kept = [i for i, st in enumerate(stories) if len(tok.encode("\n" + st.text)) <= model.cfg.block_size + 1]
+    nats = []
+    for i in range(0, len(kept), batch_size):
+        seqs = [tok.encode("\n" + stories[j].text) for j in kept[i:i + batch_size]]
+        width = max(len(q) for q in seqs) - 1
+        x = torch.zeros(len(seqs), width, dtype=torch.long)
+        y = torch.full((len(seqs), width), -100, dtype=torch.long)
+        for r, q in enumerate(seqs):
+            x[r, :len(q) - 1], y[r, :len(q) - 1] = torch.tensor(q[:-1]), torch.tensor(q[1:])
+        logits = model(x.to(device)).float()
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y.to(device), ignore_index=-100,
+                                                reduction="none")
+        nats.append(nll.sum(dim=1).double().cpu())
+    chars = torch.tensor([len(stories[j].text) for j in kept], dtype=torch.float64)
+    return torch.cat(nats), chars, kept
+
+
+def paired_difference(a: torch.Tensor, b: torch.Tensor, chars: torch.Tensor) -> tuple[float, float]:
+    """(a - b) in nats/char over the same stories, and its standard error from the spread of the
+    per-story differences (a ratio estimate: sum d_i / sum c_i). Differences within ~2 standard
+    errors are what another draw of stories could erase."""
+    d = a - b
+    mean = float(d.sum() / chars.sum())
+    n = len(d)
+    se = float(((d - mean * chars).pow(2).sum() * n / max(n - 1, 1)).sqrt() / chars.sum())
+    return mean, se
+
+
 def weight_bits(model, spec: QuantSpec | None) -> float:
     """Stored bits per weight of the quantized linears, scales and zeros included."""
     if spec is None:
@@ -108,7 +142,49 @@ def int8_matmul_speed(run, shapes) -> list[dict]:
     return rows
 
 
-# ----------------------------------------------------------------------------- 4. QAT
+# ----------------------------------------------------------------------------- 4. AWQ vs RTN
+def awq_vs_rtn(model, tok, calib, stories, n_table: int, configs, run) -> tuple[list[dict], dict, dict]:
+    """RTN and AWQ for each (granularity, bits), scored story by story against fp32 on the same
+    stories (the first `n_table` are the PTQ table's). The first config also gets AWQ with scales
+    only (no clipping), to show what each half of AWQ does. Returns the rows, AWQ's search
+    reports, and the AWQ float models (reused by the QAT section and the export)."""
+    fp32, chars, kept = story_nats(model, tok, stories, run.device)
+    in_table = torch.tensor([j < n_table for j in kept])
+    rows, reports, folded_models = [], {}, {}
+    for k, (gran, bits) in enumerate(tqdm(configs, desc="AWQ vs RTN", leave=False)):
+        spec = QuantSpec(bits, False, gran)
+        rtn, _, _ = story_nats(Q.quantize_model(model, spec), tok, stories, run.device)
+        folded, rep = awq.apply_awq(model, calib, spec, grid=run.args.awq_grid)
+        ours, _, _ = story_nats(Q.quantize_model(folded, spec), tok, stories, run.device)
+        key = f"{spec.label.split()[-1]} int{bits}"
+        folded_models[(gran, bits)], reports[key] = folded, rep
+        row = {"granularity": spec.label.split()[-1], "bits": bits, "weights_per_scale": _per_scale(model, gran),
+               "rtn_vs_fp32": paired_difference(rtn, fp32, chars)[0], "awq_vs_fp32": paired_difference(ours, fp32, chars)[0]}
+        if k == 0:   # the ablation: the same scales, no clipping
+            scaled, _ = awq.apply_awq(model, calib, spec, grid=run.args.awq_grid, clip=False)
+            only, _, _ = story_nats(Q.quantize_model(scaled, spec), tok, stories, run.device)
+            row["awq_scales_only_vs_fp32"] = paired_difference(only, fp32, chars)[0]
+        row["awq_minus_rtn"], row["awq_minus_rtn_se"] = paired_difference(ours, rtn, chars)
+        row["awq_minus_rtn_table_stories"] = paired_difference(ours[in_table], rtn[in_table], chars[in_table])[0]
+        row["module_error_ratio"] = float(np.mean([r["awq_error"] / r["rtn_error"] for r in rep["scales"]]))
+        row["clip_error_ratio"] = float(np.mean([r["clip_error"] / r["rtn_error"] for r in rep["clip"]]))
+        rows.append(row)
+        print(f"  {spec.label:<28} vs fp32: RTN {row['rtn_vs_fp32']:+.5f}  AWQ {row['awq_vs_fp32']:+.5f}"
+              + (f"  (scales only {row['awq_scales_only_vs_fp32']:+.5f})" if k == 0 else "")
+              + f"  AWQ - RTN {row['awq_minus_rtn']:+.5f} ± {row['awq_minus_rtn_se']:.5f} nats/char")
+    meta = {"stories": len(kept), "table_stories": int(in_table.sum()), "chars": int(chars.sum()),
+            "fp32_nats_per_char": float(fp32.sum() / chars.sum())}
+    return rows, {"reports": reports, **meta}, folded_models
+
+
+def _per_scale(model, gran) -> str:
+    """Weights sharing one scale: the group size, or the row widths for per-channel."""
+    if gran != "channel":
+        return str(gran)
+    return "/".join(str(w) for w in sorted({lin.in_features for _, lin in Q.quantizable(model)}))
+
+
+# ----------------------------------------------------------------------------- 5. QAT
 def qat(model, data, run, spec: QuantSpec, steps: int) -> tuple[torch.nn.Module, list[float]]:
     """Fine-tune through fake-quantized weights (STE), then keep the quantized weights."""
     m = Q.replace_linears(copy.deepcopy(model), lambda lin, _: Q.FakeQuantLinear(lin, spec))
@@ -122,7 +198,7 @@ def finetune_config(run, steps: int) -> TrainConfig:
                        warmup=max(1, steps // 10), eval_every=0, eval_batches=2, aligned=True, seed=run.seed + 14)
 
 
-# ----------------------------------------------------------------------------- 5. bitsandbytes
+# ----------------------------------------------------------------------------- 6. bitsandbytes
 def bnb_model(model, kind: str):
     """The same model with bitsandbytes layers: int8 (LLM.int8, outlier threshold 6 or none)
     or 4-bit NF4/FP4 (blocks of 64 weights, one absmax each)."""
@@ -158,7 +234,7 @@ def bnb_bits(model) -> float:
     return 8 * stored / max(n, 1)
 
 
-# ----------------------------------------------------------------------------- 6. GGUF
+# ----------------------------------------------------------------------------- 7. GGUF
 def exports_dir(run) -> Path:
     base = paths.EXPORTS if run.checkpoints.resolve() == paths.CHECKPOINTS.resolve() else run.checkpoints / "exports"
     return base / "14_quantization" / run.preset
@@ -214,7 +290,7 @@ def _nll(logits: np.ndarray, ids: list[int]) -> float:
     return float(torch.nn.functional.cross_entropy(z, torch.tensor(ids[1:]), reduction="sum"))
 
 
-# ----------------------------------------------------------------------------- 7. AWQ format
+# ----------------------------------------------------------------------------- 8. AWQ format
 def awq_export_section(folded, rtn_of_folded, run, group: int) -> dict:
     """Write the AWQ-searched model in AutoAWQ's GEMM layout and check it round-trips."""
     from safetensors.torch import load_file
@@ -266,12 +342,14 @@ def main(argv=None):
     base = story_loss(model, tok, stories, run.device)
     floor, fp32_loss = base["floor_nats_per_char"], base["model_nats_per_char"]
     qat_steps = run.args.qat_steps or run.pick(4, 40, 600)
-    n_evals = 14 + 3 * len(low_bits) + 4
+    n_cmp = 2 * min(2, len(low_bits))                     # AWQ-vs-RTN configs, on 4x the stories
+    n_searches = n_cmp + 1 + len(low_bits)                # each AWQ search costs ~grid/2 evaluations
+    n_evals = 14 + 3 * len(low_bits) + 4 + 4 * (2 * n_cmp + 2) + n_searches * run.args.awq_grid // 2
     eval_s = estimate_seconds(model, TrainConfig(steps=1, batch_size=len(stories), seq_len=300, eval_every=0,
                                                  eval_batches=0), run.device) / 3
     run.estimate(n_evals * eval_s + (len(low_bits) + 1) * estimate_seconds(model, finetune_config(run, qat_steps),
                                                                            run.device),
-                 what=f"{n_evals} evaluations + {len(low_bits) + 1} fine-tunes of {qat_steps} steps")
+                 what=f"~{n_evals} evaluation-equivalents + {len(low_bits) + 1} fine-tunes of {qat_steps} steps")
     print(f"fp32 model: {fp32_loss:.4f} nats/char on {base['stories']} held-out stories; exact floor {floor:.4f}")
 
     # --- 1. the quantizers on one matrix ----------------------------------------------------------
@@ -336,9 +414,17 @@ def main(argv=None):
     else:
         print("no int8 matmul kernel (torch._int_mm) on this device: W8A8 is simulated, no speed claim")
 
-    # --- 5. RTN vs AWQ vs QAT at 4 bits and below ----------------------------------------------
+    # --- 5. AWQ vs RTN where 4-bit rounding hurts: one scale per row, and per group ---------------
+    # per-channel int4 puts 128 (q/k/v/o/gate/up) or 352 (down) weights behind one scale, the
+    # paper's g128 regime; group 32 is a quarter of a 128-wide row, finer than anything in the paper
+    cmp_bits = low_bits[:2]
+    awq_stories = HundredAcreWood().stories(run.pick(30, 320, 2000), seed=run.seed + 14_014)  # table's first
+    configs = [("channel", b) for b in cmp_bits] + [(group, b) for b in cmp_bits]
+    awq_rows, awq_meta, folded_models = awq_vs_rtn(model, tok, calib, awq_stories, len(stories), configs, run)
+
+    # --- 6. RTN vs AWQ vs QAT at 4 bits and below (group size as set) ------------------------------
     low = []
-    awq_reports, qat_curves, folded_4bit = {}, {}, None
+    awq_reports, qat_curves = {}, {}
     control = copy.deepcopy(model)
     control_hist = train(control, data, finetune_config(run, qat_steps), run.device, desc="fp32 control",
                          progress=True, measure_peak=False)
@@ -346,26 +432,26 @@ def main(argv=None):
     for bits in low_bits:
         spec = QuantSpec(bits, False, group)
         rtn_loss = quality(Q.quantize_model(model, spec), tok, stories, run.device)
-        folded, report = awq.apply_awq(model, inputs, spec, grid=run.args.awq_grid)
-        awq_q = Q.quantize_model(folded, spec)
-        awq_loss = quality(awq_q, tok, stories, run.device)
-        if bits == 4:
-            folded_4bit = (folded, awq_q)
+        if (group, bits) not in folded_models:
+            folded_models[(group, bits)], awq_meta["reports"][f"g{group} int{bits}"] = \
+                awq.apply_awq(model, calib, spec, grid=run.args.awq_grid)
+        report = awq_meta["reports"][f"g{group} int{bits}"]
+        awq_loss = quality(Q.quantize_model(folded_models[(group, bits)], spec), tok, stories, run.device)
         qat_model, curve = qat(model, data, run, spec, qat_steps)
         qat_loss = quality(qat_model, tok, stories, run.device)
         # the fair yardstick for QAT: the same extra training in fp32, THEN round to nearest
         rtn_control = quality(Q.quantize_model(control, spec), tok, stories, run.device)
-        awq_reports[str(bits)] = report
+        awq_reports[str(bits)] = report["scales"]
         qat_curves[str(bits)] = curve
         low.append({"bits": bits, "spec": spec.label, "rtn": rtn_loss, "awq": awq_loss, "qat": qat_loss,
                     "rtn_after_fp32_finetune": rtn_control, "awq_minus_rtn": awq_loss - rtn_loss,
                     "qat_minus_finetuned_rtn": qat_loss - rtn_control,
-                    "awq_layer_error_ratio": float(np.mean([r["awq_error"] / r["rtn_error"] for r in report]))})
+                    "awq_module_error_ratio": float(np.mean([r["awq_error"] / r["rtn_error"] for r in report["scales"]]))})
         print(f"  {bits}-bit g{group}: RTN {rtn_loss:.4f}  AWQ {awq_loss:.4f} | after {qat_steps} more steps: "
               f"QAT {qat_loss:.4f} vs fp32-then-RTN {rtn_control:.4f} nats/char "
               f"(fp32 {fp32_loss:.4f}, fp32 fine-tuned {control_loss:.4f})")
 
-    # --- 6. bitsandbytes on the same model ------------------------------------------------------
+    # --- 7. bitsandbytes on the same model ------------------------------------------------------
     bnb_rows, bnb_skip = [], None
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)   # "inputs will be cast to fp16" per call
     try:
@@ -389,18 +475,18 @@ def main(argv=None):
         print(bnb_skip)
     model.to(run.device)
 
-    # --- 7. GGUF for llama.cpp, and the AutoAWQ layout ---------------------------------------------
+    # --- 8. GGUF for llama.cpp, and the AutoAWQ layout ---------------------------------------------
     gg = gguf_section(model, tok, stories, floor, run)
     for r in gg["rows"]:
         extra = (f", llama.cpp {r['llama_cpp_nats_per_char']:.4f}" if "llama_cpp_nats_per_char" in r else "")
         print(f"  GGUF {r['type']:<5} {r['bits_per_weight']:5.2f} bits/w  {r['file_bytes']:>9,} B  "
               f"read back {r['nats_per_char_readback']:.4f}{extra}")
     awq_group = min(group, awq.awq_group_size(model))
-    if folded_4bit is None or awq_group != group:
-        spec4 = QuantSpec(4, False, awq_group)
-        folded, _ = awq.apply_awq(model, inputs, spec4, grid=run.args.awq_grid)
-        folded_4bit = (folded, Q.quantize_model(folded, spec4))
-    awq_export = awq_export_section(folded_4bit[0].cpu(), folded_4bit[1].cpu(), run, awq_group)
+    spec4 = QuantSpec(4, False, awq_group)
+    if (awq_group, 4) not in folded_models:
+        folded_models[(awq_group, 4)], _ = awq.apply_awq(model, calib, spec4, grid=run.args.awq_grid)
+    folded = folded_models[(awq_group, 4)]
+    awq_export = awq_export_section(folded.cpu(), Q.quantize_model(folded, spec4).cpu(), run, awq_group)
     print(f"AWQ GEMM export: {awq_export['quantized_linears']} linears, codes round-trip "
           f"{awq_export['codes_roundtrip_exact']}, dequant within {awq_export['dequant_max_rel_diff_vs_chapter_rtn']:.1e}")
 
@@ -411,15 +497,19 @@ def main(argv=None):
                                                    if r["method"] == "RTN int8 absmax channel"),
                 f"int{at4['bits']}_rtn_nats_per_char": at4["rtn"], f"int{at4['bits']}_awq_nats_per_char": at4["awq"],
                 f"int{at4['bits']}_qat_nats_per_char": at4["qat"],
+                **{f"{k}_{awq_rows[0]['granularity']}_int{awq_rows[0]['bits']}": awq_rows[0][k]
+                   for k in ("rtn_vs_fp32", "awq_vs_fp32", "awq_minus_rtn", "awq_minus_rtn_se")},
                 "gguf_q8_0_ppl_ratio": gg["checks"].get("q8_0_ppl_over_f32_ppl"),
                 "gguf_f32_max_logit_diff": gg["rows"][0].get("llama_cpp_max_abs_logit_diff_vs_torch_f32")}
-    results = {"headline": headline, "config": model.cfg.to_dict(), "group_size": group, "stories": len(stories),
+    results = {"headline": headline, "config": model.cfg.to_dict(), "group_size": group, "stories": base["stories"],
                "floor": floor, "fp32": fp32_loss, "error_vs_bits": err_rows, "outliers": outliers,
                "histograms": hists, "ptq": ptq, "speed": speed, "low_bits": low, "qat_steps": qat_steps,
                "fp32_control": {"steps": qat_steps, "nats_per_char": control_loss,
                                 "train_loss": control_hist["train_loss"]},
                "qat_curves": qat_curves, "awq": {k: [{kk: vv for kk, vv in r.items()} for r in v]
                                                  for k, v in awq_reports.items()},
+               "awq_vs_rtn": {"rows": awq_rows, **{k: v for k, v in awq_meta.items() if k != "reports"}},
+               "awq_search": awq_meta["reports"],
                "bitsandbytes": {"rows": bnb_rows, "skipped": bnb_skip}, "gguf": gg, "awq_export": awq_export}
     run.save_results(results)
     run.record_notes(notes_markdown(results, model, qat_steps))
@@ -440,17 +530,30 @@ def _fp16_bytes(model) -> int:
         return os.path.getsize(path)
 
 
+def _awq_notes(r: dict) -> str:
+    a = r["awq_vs_rtn"]
+    keys = ["granularity", "bits", "weights_per_scale", "rtn_vs_fp32", "awq_scales_only_vs_fp32", "awq_vs_fp32",
+            "awq_minus_rtn", "awq_minus_rtn_se", "awq_minus_rtn_table_stories", "module_error_ratio", "clip_error_ratio"]
+    rows = [{k: row.get(k, "") for k in keys} for row in a["rows"]]
+    return (f"**AWQ vs RTN** (zero-point; {a['stories']} stories, {a['chars']:,} characters, the first "
+            f"{a['table_stories']} of them the PTQ table's; fp32 scores {a['fp32_nats_per_char']:.4f} on them). "
+            "Losses are nats/char relative to fp32 on the same stories; `awq_minus_rtn_se` is the standard error "
+            "of the paired per-story difference.\n\n" + cli.markdown_table(rows))
+
+
 def notes_markdown(r: dict, model, qat_steps: int) -> str:
     c = model.cfg
     fmt = lambda rows, keys: [{k: row[k] for k in keys if k in row} for row in rows]  # noqa: E731
     parts = [f"Model: zoo `wood-llama` ({c.n_layer} layers, d_model {c.d_model}, d_ff {c.d_ff}, "
-             f"{model.num_params():,} parameters); {r['stories']} held-out stories; exact floor "
+             f"{model.num_params():,} parameters); {r['stories']} held-out stories (those that fit the context); exact floor "
              f"{r['floor']:.4f} nats/char; group size {r['group_size']}.",
              "**Post-training quantization (round to nearest)**\n\n" + cli.markdown_table(
                  fmt(r["ptq"], ["method", "bits_per_weight", "bytes_on_disk", "nats_per_char", "vs_fp32"])),
-             f"**RTN vs AWQ vs QAT** (zero-point, group {r['group_size']}; QAT = {qat_steps} fine-tune steps; the "
-             f"fp32 model fine-tuned for the same steps scores {r['fp32_control']['nats_per_char']:.4f})\n\n"
-             + cli.markdown_table(fmt(r["low_bits"], ["bits", "rtn", "awq", "awq_minus_rtn", "awq_layer_error_ratio",
+             _awq_notes(r),
+             f"**RTN vs AWQ vs QAT** (zero-point, group {r['group_size']}, on the {r['stories']} stories of the PTQ "
+             f"table; QAT = {qat_steps} fine-tune steps; the fp32 model fine-tuned for the same steps scores "
+             f"{r['fp32_control']['nats_per_char']:.4f})\n\n"
+             + cli.markdown_table(fmt(r["low_bits"], ["bits", "rtn", "awq", "awq_minus_rtn", "awq_module_error_ratio",
                                                       "rtn_after_fp32_finetune", "qat", "qat_minus_finetuned_rtn"])),
              "**Activation outliers** (inputs of each linear on calibration text)\n\n" + cli.markdown_table(r["outliers"])]
     if r["speed"]["matmul"]:

@@ -137,6 +137,41 @@ def low_bits(r: dict, plots_dir: Path) -> None:
     plotting.save_fig(fig, plots_dir, "rtn_awq_qat")
 
 
+def awq_vs_rtn(r: dict, plots_dir: Path) -> None:
+    """Left: loss above fp32 for RTN and AWQ per (granularity, bits), with +-2 standard errors of
+    the paired AWQ - RTN difference. Right: the scale search, module output error vs alpha."""
+    a = r["awq_vs_rtn"]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    ax = axes[0]
+    labels = [f"int{row['bits']} {row['granularity']}" for row in a["rows"]]
+    xs = np.arange(len(labels))
+    series = [("rtn_vs_fp32", "round to nearest", "tab:blue"),
+              ("awq_scales_only_vs_fp32", "AWQ scales only", "tab:olive"),
+              ("awq_vs_fp32", "AWQ scales + clipping", "tab:orange")]
+    for j, (key, label, color) in enumerate(series):
+        vals = [row.get(key, np.nan) for row in a["rows"]]
+        ax.bar(xs + (j - 1) * 0.27, vals, width=0.27, color=color, label=label)
+    for x, row in zip(xs, a["rows"]):   # the AWQ bar's 2-SE range of the paired difference, drawn around it
+        ax.errorbar(x + 0.27, row["awq_vs_fp32"], yerr=2 * row["awq_minus_rtn_se"], color="k", capsize=3, lw=1)
+    ax.axhline(0, color="0.4", lw=0.8)
+    ax.set_xticks(xs, labels)
+    ax.set_ylabel("loss − fp32 on the same stories (nats/char)")
+    ax.set_title(f"AWQ vs RTN on {a['stories']} held-out stories (bars: ±2 SE of AWQ − RTN)", fontsize=10)
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    for name, rep in r["awq_search"].items():
+        curves = np.array([x["curve"] for x in rep["scales"]])
+        rel = curves / curves[:, :1]
+        alphas = np.arange(curves.shape[1]) / curves.shape[1]
+        ax.plot(alphas, np.exp(np.log(rel).mean(0)), label=name)
+    ax.axhline(1.0, color="0.5", lw=0.8, ls=":")
+    ax.set_xlabel("α in s = mean|x|^α  (α = 0 is RTN)")
+    ax.set_ylabel("module output MSE / RTN's (geometric mean over groups)")
+    ax.set_title("The scale search on calibration text", fontsize=10)
+    ax.legend(fontsize=8)
+    plotting.save_fig(fig, plots_dir, "awq_vs_rtn")
+
+
 def draw(results_path: Path, plots_dir: Path, animations_dir: Path | None = None) -> None:
     r = load(results_path)
     plotting.use_style()
@@ -144,6 +179,7 @@ def draw(results_path: Path, plots_dir: Path, animations_dir: Path | None = None
     loss_vs_size(r, plots_dir)
     histograms(r, plots_dir)
     low_bits(r, plots_dir)
+    awq_vs_rtn(r, plots_dir)
     print(f"plots: {plots_dir}")
 
 
