@@ -45,6 +45,16 @@ def test_chinchilla_fit_with_noise_and_known_floor():
     assert fit.predict(3e6, 1e7) == pytest.approx(true.predict(3e6, 1e7), rel=0.01)
 
 
+def test_gap_fit_recovers_exact_parameters_and_rejects_a_wrong_floor():
+    true, N, D, L = _synthetic()
+    fit = sl.fit_chinchilla_gap(N, D, L, E=true.E)
+    assert fit.fixed_E and fit.E == true.E
+    for k in ("A", "alpha", "B", "beta"):
+        assert getattr(fit, k) == pytest.approx(getattr(true, k), rel=1e-3), k
+    with pytest.raises(ValueError):
+        sl.fit_chinchilla_gap(N, D, L, E=L.min() + 0.01)   # a 'floor' above a measured loss
+
+
 def test_power_law_fits_are_exact_on_power_laws():
     N = np.geomspace(1e3, 1e6, 6)
     fit = sl.fit_power_law(N, (8e8 / N) ** 0.076)
@@ -63,6 +73,72 @@ def test_compute_optimal_matches_brute_force():
     n_opt, d_opt = fit.compute_optimal(C)
     assert float(n_opt) == pytest.approx(best, rel=1e-3)
     assert float(6 * n_opt * d_opt) == pytest.approx(C)
+
+
+# ------------------------------------------------------------------------------ the compute rule and the schedule
+def test_wsd_schedule_warmup_stable_linear_cooldown():
+    cfg = main.Config(sizes=[], held_out=(), steps=100, warmup=10, cooldown=0.2)
+    lrs = [main.lr_wsd(s, 100, cfg) for s in range(100)]
+    assert lrs[0] == pytest.approx(cfg.lr / 10) and lrs[9] == pytest.approx(cfg.lr)
+    assert all(v == cfg.lr for v in lrs[10:80])                     # stable
+    assert lrs[80] == pytest.approx(cfg.lr) and lrs[99] == pytest.approx(cfg.lr / 20)   # linear to ~0
+    assert np.all(np.diff(lrs[80:]) < 0)
+    # a shorter run shares the trunk: same lr until its own cooldown starts
+    assert [main.lr_wsd(s, 50, cfg) for s in range(40)] == lrs[:40]
+    assert main.steps_for(4 * 1000, 1000, cfg) == round(100 * 4 ** cfg.tokens_exponent)  # D ∝ N^k
+    assert main.measure_ends(100, cfg) == [int(round(100 * f)) for f in cfg.measure_at]
+
+
+def test_cooled_copy_equals_a_run_of_that_length():
+    """The point scored at D from a longer run's trunk is exactly a WSD run of length D."""
+    from shared.corpus import HundredAcreWood
+    from shared.data import TokenData
+    from shared.tokenizer import CharTokenizer
+
+    text = HundredAcreWood().text(30_000, seed=2)
+    tok = CharTokenizer.from_text(text)
+    data = TokenData.from_text(text, tok, doc_separator="\n", cache=False)
+    cfg = main.Config(sizes=[], held_out=(), steps=30, batch_size=2, seq_len=32, warmup=4)
+    tcfg = main.TrainConfig(lr=cfg.lr)
+
+    def fresh():
+        torch.manual_seed(0)
+        m = main.GPT(main.model_config((1, 16, 2), tok.vocab_size, cfg.seq_len))
+        return m, main.make_optimizer(m, tcfg), torch.Generator().manual_seed(0)
+
+    short, opt, gen = fresh()                                        # a run of 15 steps
+    main.run_steps(short, opt, data, gen, cfg, 0, 15, 15, "cpu")
+    long_, opt, gen = fresh()                                        # a run of 30 steps, forked at 12
+    main.run_steps(long_, opt, data, gen, cfg, 0, 12, 30, "cpu")
+    twin, twin_opt, twin_gen = main.fork(long_, opt, gen, tcfg)
+    main.run_steps(twin, twin_opt, data, twin_gen, cfg, 12, 15, 15, "cpu")
+    for a, b in zip(short.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    main.run_steps(long_, opt, data, gen, cfg, 12, 30, 30, "cpu")   # the original goes on untouched by the fork
+    assert not torch.equal(next(long_.parameters()), next(twin.parameters()))
+
+
+def _fake_runs(law, floor, sizes=(1e4, 2e4, 4e4, 8e4, 1.6e5), d0=3e5, k=0.5):
+    runs = []
+    for n in sizes:
+        d = d0 * (n / sizes[0]) ** k
+        curve = [{"tokens": t, "loss": float(law(n, t)), "floor": floor} for t in (d / 2, d)]
+        runs.append({"params": n, "tokens": d, "curve": curve, "final_loss": curve[-1]["loss"]})
+    return runs
+
+
+def test_predictor_choice_uses_the_ladder_only_and_finds_the_true_form():
+    true = sl.ChinchillaFit(E=0.156, A=30.0, alpha=0.45, B=300.0, beta=0.40, loss=0.0)
+    runs = _fake_runs(true.predict, true.E)
+    val = main.validate(runs, true.E, last=2)
+    assert [r["fitted_sizes"] for r in val["rows"]] == [3, 4]
+    assert val["chosen"] in ("chinchilla_fixed_E", "chinchilla_gap", "chinchilla_free_E")
+    assert val["mean_abs_error"][val["chosen"]] < 1e-3              # the true form extrapolates exactly
+    assert val["mean_abs_error"]["power_law"] > 1e-2                 # no floor: it cannot
+    # data that IS a pure power law in N along the rule: the rule now picks the pure power law
+    pure = _fake_runs(lambda n, d: (2e8 / n) ** 0.1, 0.05)
+    val = main.validate(pure, 0.05, last=2)
+    assert val["chosen"] == "power_law" and val["mean_abs_error"]["power_law"] < 1e-9
 
 
 # ------------------------------------------------------------------------------ end to end
@@ -84,9 +160,16 @@ def test_main_quick_results(quick_run):
     assert all(r["final_loss"] > s["floor"] for r in [*s["runs"], s["held_out"]])  # nobody beats the entropy
     assert 0.1 < s["floor"] < 0.25                                    # nats/char of the wood stories
     assert s["fits"]["chinchilla_fixed_E"]["E"] == pytest.approx(s["floor"])
+    assert s["fits"]["chinchilla_gap"]["E"] == pytest.approx(s["floor"])
     for r in s["runs"]:
         assert r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 and r["peak_memory_bytes"] >= 0
+        assert [c["step"] for c in r["curve"]] == main.measure_ends(r["steps"], main.Config(**s["config"]))
+    tokens = [r["tokens"] for r in [*s["runs"], s["held_out"]]]
+    assert tokens == sorted(tokens) and tokens[-1] > tokens[0]       # the rule: bigger models see more data
+    assert s["chosen"] in main.PREDICTORS and set(s["prediction"]) == set(main.PREDICTORS)
+    assert len(s["validation"]["rows"]) == 1
     h = res["headline"]
+    assert h["chosen_predictor"] == s["chosen"] and h["held_out_predicted"] == s["prediction"][s["chosen"]]
     assert h["held_out_error_pct"] == pytest.approx(
         100 * (h["held_out_predicted"] - h["held_out_measured"]) / h["held_out_measured"])
 

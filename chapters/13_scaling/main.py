@@ -1,16 +1,19 @@
 """13 · Scaling laws, and training on more than one process.
 
-Part 1, scaling. Train a ladder of GPTs (tiny -> small) on the Hundred Acre Wood under one
-compute rule: every size sees the same token budget with a constant learning rate after
-warm-up, and is scored at log-spaced token counts along the way, so each run gives a curve
-L(D) at its N. Score = shared.evaluate.story_loss: nats/char on whole held-out stories, next to
-the EXACT floor on the same stories (the corpus' entropy, the irreducible term E). Then:
+Part 1, scaling. Train a ladder of GPTs (five sizes, 55k -> 154k non-embedding parameters) on
+the Hundred Acre Wood under one compute rule, D ∝ N^0.37 (Kaplan et al.'s compute-efficient
+split), with one peak learning rate for all and a warm-up/stable/decay (WSD) schedule. Each run
+is scored after its cooldown, and a copy of its trunk cooled down at 0.7 D gives a second,
+properly finished point, so N and D vary independently. Score = shared.evaluate.story_loss:
+nats/char on whole held-out stories, next to the EXACT floor on the same stories (the corpus'
+entropy, the irreducible term E). Then:
 
-  1. fit the Chinchilla form L(N, D) = E + A/N^alpha + B/D^beta in log space (scaling_law.py,
-     no scipy), once with E free and once with E fixed to the known floor, and a plain
-     power law L(N) = (N_c/N)^alpha_N to the final losses (Kaplan et al.);
-  2. PREDICT the loss of a larger, held-out model before training it, then train it and
-     report predicted vs measured;
+  1. fit the Chinchilla form L(N, D) = E + A/N^alpha + B/D^beta (scaling_law.py, no scipy) with
+     E free, with E fixed to the known floor, and on the gap L - E; and power laws in N to the
+     final losses (Kaplan's (N_c/N)^alpha_N, and E + A/N^alpha);
+  2. choose the predictor from the ladder alone (each predicts the largest ladder sizes from the
+     ones below), PREDICT the loss of a larger held-out model under the same rule before training
+     it, then train it and report predicted vs measured for every predictor;
   3. record wall-clock, tokens/s, MFU and peak memory of every run.
 
 Part 2, more processes (`--distributed`): the same tiny training step in one process, under
@@ -30,6 +33,7 @@ words) against the exact floor.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -43,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 import scaling_law as sl
 from shared import bench, cli, stacks
@@ -53,7 +58,7 @@ from shared.evaluate import story_loss
 from shared.model import GPT, GPTConfig
 from shared.results import save_json
 from shared.tokenizer import CharTokenizer
-from shared.train import TrainConfig, estimate_seconds, train
+from shared.train import TrainConfig, estimate_seconds, make_optimizer, summary_writer, train
 
 CHAPTER = "13_scaling"
 HERE = Path(__file__).resolve().parent
@@ -68,15 +73,17 @@ KAPLAN = {"alpha_N": 0.076, "alpha_D": 0.095}
 class Config:
     sizes: list                    # (n_layer, d_model, n_head) of the models the law is fitted to
     held_out: tuple                # a larger model, predicted before it is trained
-    steps: int                     # optimizer steps, the same for every size (the compute rule)
-    batch_size: int = 8            # small: early in training more updates beat bigger batches
+    steps: int                     # optimizer steps of the SMALLEST ladder model; the rule sets the rest
+    tokens_exponent: float = 0.37  # the compute rule: D ∝ N^0.37 (Kaplan et al.'s compute-efficient split)
+    measure_at: tuple = (0.7, 1.0)  # fractions of a run's budget where a cooled-down copy is scored
+    cooldown: float = 0.2          # WSD schedule: the last 20% of every scored run decays the lr to 0
+    batch_size: int = 4            # small: early in training more updates beat bigger batches
     seq_len: int = 256             # >= most stories: windows start at a story's start (aligned)
-    lr: float = 3e-3
+    lr: float = 3e-3               # one peak lr for every size (stated in advance, not tuned per size)
     warmup: int = 30
-    n_evals: int = 8               # log-spaced scoring points per run
     eval_stories: int = 128
     corpus_chars: int = 1_500_000
-    fit_from_step: int = 60        # points before this are still in the warm-up transient: not fitted
+    validate_last: int = 2         # the predictor is chosen by predicting the last k ladder sizes from the ones below
 
     def tokens_per_step(self) -> int:
         return self.batch_size * self.seq_len
@@ -88,93 +95,165 @@ def model_config(size, vocab_size: int, seq_len: int) -> GPTConfig:
                      d_model=d_model, pos="rope")
 
 
-def eval_steps(cfg: Config) -> list[int]:
-    """Where each run is scored: log-spaced, so every decade of D gets points."""
-    first = max(cfg.warmup, 8)
-    return sorted({int(round(s)) for s in np.geomspace(first, cfg.steps, cfg.n_evals)})
+def steps_for(n_params: int, n_smallest: int, cfg: Config) -> int:
+    """The compute rule: tokens D ∝ N^k (k = 0.37), anchored at the smallest ladder model. The
+    held-out model gets its steps from the same rule, so it extrapolates in N *and* D."""
+    return int(round(cfg.steps * (n_params / n_smallest) ** cfg.tokens_exponent))
+
+
+def measure_ends(steps: int, cfg: Config) -> list[int]:
+    return sorted({max(cfg.warmup + 2, int(round(f * steps))) for f in cfg.measure_at} | {steps})
+
+
+def cooldown_start(end: int, cfg: Config) -> int:
+    return end - max(1, int(round(cfg.cooldown * end)))
+
+
+def lr_wsd(step: int, end: int, cfg: Config) -> float:
+    """Warm-up, stable, decay (Hu et al. 2024; Hägele et al. 2024): linear warm-up, a constant lr,
+    and a linear decay to 0 over the last `cooldown` fraction of a run that ends at `end`. A run
+    of length D is then the shared stable trunk up to 0.8 D plus its own short cooldown, which
+    is what lets one trunk give properly finished runs at several D for ~10% extra compute
+    (a constant lr alone leaves every point at a noisy, step-size-limited level)."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    decay_from = cooldown_start(end, cfg)
+    return cfg.lr if step < decay_from else cfg.lr * (end - step) / (end - decay_from)
+
+
+def run_steps(model, opt, data, gen, cfg: Config, first: int, last: int, end: int, device, writer=None,
+              bar=None) -> float:
+    """Optimizer steps first..last-1 of a run that ends (cools down) at `end`. Returns seconds."""
+    t0 = time.perf_counter()
+    for step in range(first, last):
+        lr = lr_wsd(step, end, cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        x, y = data.get_batch("train", cfg.batch_size, cfg.seq_len, gen, aligned=True, device=device)
+        loss = model(x, y)[1]
+        loss.backward()
+        if not math.isfinite(loss.item()):
+            raise WorkbookError(f"loss became {loss.item()} at step {step} (lr {lr:.2e}): training diverged")
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if writer is not None:
+            writer.add_scalar("loss/train", loss.item(), step + 1)
+            writer.add_scalar("lr", lr, step + 1)
+        if bar is not None:
+            bar.update(1)
+    return time.perf_counter() - t0
+
+
+def fork(model, opt, gen: torch.Generator, tcfg: TrainConfig):
+    """An independent copy of a run in progress: weights, AdamW moments and the data stream (so
+    the copy sees exactly the batches the original would have seen)."""
+    twin = copy.deepcopy(model)
+    twin_opt = make_optimizer(twin, tcfg)
+    twin_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+    twin_gen = torch.Generator()
+    twin_gen.set_state(gen.get_state())
+    return twin, twin_opt, twin_gen
 
 
 # ------------------------------------------------------------------------------ one run
-def train_one(size, cfg: Config, data: TokenData, tok, stories, device, seed: int, desc: str,
+def train_one(size, steps: int, cfg: Config, data: TokenData, tok, stories, device, seed: int, desc: str,
               log_dir: Path | None = None) -> dict:
-    """Train one size and score it at the eval steps. Returns the run record."""
+    """Train one size for `steps` on the WSD schedule. At every measuring point D < steps a copy of
+    the model and optimizer (and data stream) cools down from 0.8 D to D and is scored: exactly
+    the run of length D, without re-training its trunk. Returns the run record."""
     torch.manual_seed(seed)
-    model = GPT(model_config(size, tok.vocab_size, cfg.seq_len))
-    tcfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, seq_len=cfg.seq_len, lr=cfg.lr,
-                       min_lr_ratio=1.0,           # constant after warm-up: one run gives L at every D
-                       warmup=cfg.warmup, eval_every=0, eval_batches=2, aligned=True, seed=seed)
-    checkpoints, wanted = [], set(eval_steps(cfg))
+    model = GPT(model_config(size, tok.vocab_size, cfg.seq_len)).to(device).train()
+    tcfg = TrainConfig(lr=cfg.lr)                   # weight decay 0.1 on matrices, betas (0.9, 0.95)
+    opt = make_optimizer(model, tcfg)
+    gen = torch.Generator().manual_seed(seed)
+    writer = summary_writer(log_dir)
 
-    def on_step(step, _loss):
-        if step in wanted:
-            s = story_loss(model, tok, stories, device, max_len=cfg.seq_len)
-            model.train()  # story_loss leaves the model in eval mode
-            checkpoints.append({"step": step, "tokens": step * cfg.tokens_per_step(),
-                                "loss": s["model_nats_per_char"], "floor": s["floor_nats_per_char"]})
+    def score(m):
+        s = story_loss(m, tok, stories, device, max_len=cfg.seq_len)
+        m.train()                                   # story_loss leaves the model in eval mode
+        return s["model_nats_per_char"], s["floor_nats_per_char"]
 
     # the matmul peak, measured right before this run: on a shared machine the available
     # compute drifts, and an old peak would make MFU meaningless (even > 100%)
     peak_flops = bench.matmul_peak_flops(device, repeat=3)
-    t0 = time.perf_counter()
+    t0, at, compute, trained = time.perf_counter(), 0, 0.0, 0
+    curve, ends = [], measure_ends(steps, cfg)
+    bar = tqdm(total=steps + sum(e - cooldown_start(e, cfg) for e in ends[:-1]), desc=desc, leave=False,
+               dynamic_ncols=True)
     with bench.peak_memory(device) as mem:
-        hist = train(model, data, tcfg, device, desc=desc, on_step=on_step, measure_peak=False, log_dir=log_dir)
+        for end in ends:
+            branch = cooldown_start(end, cfg)
+            compute += run_steps(model, opt, data, gen, cfg, at, branch, steps, device, writer, bar)
+            trained += branch - at
+            at = branch
+            stable_loss, floor = score(model)        # the trunk, before this point's cooldown
+            # the main run cools down itself; an earlier point cools down a copy
+            twin, twin_opt, twin_gen = (model, opt, gen) if end == steps else fork(model, opt, gen, tcfg)
+            compute += run_steps(twin, twin_opt, data, twin_gen, cfg, branch, end, end, device,
+                                 writer if twin is model else None, bar)
+            trained += end - branch
+            loss, floor = score(twin)
+            curve.append({"step": end, "tokens": end * cfg.tokens_per_step(), "loss": loss,
+                          "stable_step": branch, "stable_loss": stable_loss, "floor": floor})
     wall = time.perf_counter() - t0
+    bar.close()
+    if writer is not None:
+        writer.close()
     n = model.num_params(non_embedding=True)
+    fpt = model.flops_per_token(cfg.seq_len)
+    tok_s = trained * cfg.tokens_per_step() / compute
     return {"size": list(size), "n_layer": size[0], "d_model": size[1], "n_head": size[2],
-            "params": n, "params_total": model.num_params(), "flops_per_token": hist["flops_per_token"],
-            "tokens": cfg.steps * cfg.tokens_per_step(), "curve": checkpoints,
-            "final_loss": checkpoints[-1]["loss"], "train_loss_last": hist["train_loss"][-1],
-            "wall_s": wall, "compute_s": hist["compute_time_s"], "tokens_per_s": hist["tokens_per_s"],
-            "mfu": hist["tokens_per_s"] * hist["flops_per_token"] / peak_flops, "peak_flops": peak_flops,
+            "params": n, "params_total": model.num_params(), "flops_per_token": fpt,
+            "steps": steps, "tokens": steps * cfg.tokens_per_step(), "steps_trained": trained,
+            "flops_6ND": 6 * n * steps * cfg.tokens_per_step(), "curve": curve,
+            "final_loss": curve[-1]["loss"], "wall_s": wall, "compute_s": compute, "tokens_per_s": tok_s,
+            "mfu": tok_s * fpt / peak_flops, "peak_flops": peak_flops,
             "peak_memory_bytes": mem.bytes, "peak_memory_kind": mem.kind}
 
 
-def fit_points(runs: list[dict], cfg: Config):
-    """(N, D, L) of every scored point past the warm-up transient."""
-    pts = [(r["params"], c["tokens"], c["loss"]) for r in runs for c in r["curve"] if c["step"] >= cfg.fit_from_step]
+# ------------------------------------------------------------------------------ the fits
+PREDICTORS = ("chinchilla_fixed_E", "chinchilla_gap", "chinchilla_free_E", "power_law", "power_law_with_floor")
+
+
+def fit_all(runs: list[dict], floor: float) -> dict:
+    """Every fit the chapter reports, from the run records alone (visualize.py redraws from these).
+    The Chinchilla forms use every cooled point (N, D, L): the rule gives each size its own D and
+    the cooldown copies give each size several, so N and D vary independently. The power laws in
+    N use the final losses only: along the compute rule D is a function of N."""
+    pts = [(r["params"], c["tokens"], c["loss"]) for r in runs for c in r["curve"]]
     N, D, L = (np.array(v, dtype=float) for v in zip(*pts))
-    return N, D, L
-
-
-def fit_all(runs: list[dict], cfg: Config, floor: float) -> dict:
-    """Every fit the chapter reports, from the run records alone (visualize.py redraws from these)."""
-    N, D, L = fit_points(runs, cfg)
-    free = sl.fit_chinchilla(N, D, L)
-    fixed = sl.fit_chinchilla(N, D, L, E=floor)
     finals_N = [r["params"] for r in runs]
     finals_L = [r["final_loss"] for r in runs]
-    return {"chinchilla_free_E": free.to_dict(), "chinchilla_fixed_E": fixed.to_dict(),
+    return {"chinchilla_fixed_E": sl.fit_chinchilla(N, D, L, E=floor).to_dict(),
+            "chinchilla_gap": sl.fit_chinchilla_gap(N, D, L, floor).to_dict(),
+            "chinchilla_free_E": sl.fit_chinchilla(N, D, L).to_dict(),
             "power_law": sl.fit_power_law(finals_N, finals_L),
             "power_law_with_floor": sl.fit_power_law_with_floor(finals_N, finals_L, floor),
             "n_points": int(len(L))}
 
 
-def fit_window_sensitivity(runs: list[dict], held: dict, cfg: Config, floor: float) -> list[dict]:
-    """AFTER the held-out run: how the prediction would have changed had the fit used only the
-    points from step s on. Not used to choose anything (the prediction above was fixed before
-    the held-out model trained); it shows how fragile a law fitted outside its regime is."""
-    rows = []
-    for start in eval_steps(cfg):
-        pts = [(r["params"], c["tokens"], c["loss"]) for r in runs for c in r["curve"] if c["step"] >= start]
-        if start < cfg.warmup or len(pts) < 2 * len(runs):
-            continue
-        N, D, L = (np.array(v, dtype=float) for v in zip(*pts))
-        row = {"from_step": start, "points": len(pts)}
-        for name, E in (("fixed_E", floor), ("free_E", None)):
-            f = sl.fit_chinchilla(N, D, L, E=E)
-            pred = float(f.predict(held["params"], held["tokens"]))
-            row[name] = {"alpha": f.alpha, "beta": f.beta, "E": f.E, "prediction": pred,
-                         "error": (pred - held["final_loss"]) / held["final_loss"],
-                         "rms_log_residual": float(np.sqrt(np.mean(np.log(f.predict(N, D) / L) ** 2)))}
-        rows.append(row)
-    return rows
-
-
 def predict(fits: dict, N: float, D: float) -> dict:
-    return {"chinchilla_free_E": float(sl.ChinchillaFit.from_dict(fits["chinchilla_free_E"]).predict(N, D)),
-            "chinchilla_fixed_E": float(sl.ChinchillaFit.from_dict(fits["chinchilla_fixed_E"]).predict(N, D)),
-            "power_law": float(sl.power_law(N, fits["power_law"])),
-            "power_law_with_floor": float(sl.power_law_with_floor(N, fits["power_law_with_floor"]))}
+    out = {k: float(sl.ChinchillaFit.from_dict(fits[k]).predict(N, D))
+           for k in ("chinchilla_fixed_E", "chinchilla_gap", "chinchilla_free_E")}
+    out["power_law"] = float(sl.power_law(N, fits["power_law"]))
+    out["power_law_with_floor"] = float(sl.power_law_with_floor(N, fits["power_law_with_floor"]))
+    return {k: out[k] for k in PREDICTORS}
+
+
+def validate(runs: list[dict], floor: float, last: int) -> dict:
+    """The rule that picks the predictor, from the ladder alone: refit every predictor on the
+    sizes below each of the last `last` ladder sizes and predict that size's final loss (a
+    one-step extrapolation, the same kind of question the held-out model asks). The predictor
+    with the smallest mean |relative error| is the one reported as 'the' prediction."""
+    rows = []
+    for k in range(len(runs) - last, len(runs)):
+        fits = fit_all(runs[:k], floor)
+        pred = predict(fits, runs[k]["params"], runs[k]["tokens"])
+        rows.append({"fitted_sizes": k, "target_params": runs[k]["params"], "measured": runs[k]["final_loss"],
+                     "errors": {p: (v - runs[k]["final_loss"]) / runs[k]["final_loss"] for p, v in pred.items()}})
+    score = {p: float(np.mean([abs(r["errors"][p]) for r in rows])) for p in PREDICTORS}
+    return {"rows": rows, "mean_abs_error": score, "chosen": min(PREDICTORS, key=lambda p: score[p])}
 
 
 # ------------------------------------------------------------------------------ part 1
@@ -190,11 +269,17 @@ def scaling(run, cfg: Config) -> dict:
     data = TokenData.from_text(text, tok, doc_separator="\n")
     stories = wood.stories(cfg.eval_stories, seed=run.seed + 777)  # scored on unseen draws
     models = [GPT(model_config(s, tok.vocab_size, cfg.seq_len)) for s in [*cfg.sizes, cfg.held_out]]
-    tcfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, seq_len=cfg.seq_len, eval_every=0, eval_batches=0)
-    secs = [estimate_seconds(m, tcfg, run.device, mfu=0.35) for m in models]
-    print("sizes (non-embedding params): " + ", ".join(f"{m.num_params(True):,}" for m in models)
-          + f"; {cfg.steps} steps x {cfg.tokens_per_step():,} tokens each")
-    run.estimate(sum(secs), what=f"the scaling ladder ({len(models)} runs)")
+    n0 = models[0].num_params(True)
+    plan = [steps_for(m.num_params(True), n0, cfg) for m in models]
+    secs = 0.0
+    for m, st in zip(models, plan):
+        trained = st + sum(e - cooldown_start(e, cfg) for e in measure_ends(st, cfg)[:-1])
+        secs += estimate_seconds(m, TrainConfig(steps=trained, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
+                                                eval_every=0, eval_batches=0), run.device, mfu=0.35)
+    print("sizes (non-embedding params): " + ", ".join(f"{m.num_params(True):,} x {st} steps"
+                                                        for m, st in zip(models, plan))
+          + f" of {cfg.tokens_per_step():,} tokens (D ∝ N^{cfg.tokens_exponent:g})")
+    run.estimate(secs, what=f"the scaling ladder ({len(models)} runs)")
     # warm-up: the first training in a process pays one-off costs (thread pools, allocator
     # arenas) that would otherwise be charged to the smallest model's time and memory
     train(GPT(model_config(cfg.sizes[0], tok.vocab_size, cfg.seq_len)), data,
@@ -202,37 +287,36 @@ def scaling(run, cfg: Config) -> dict:
                       aligned=True), run.device, progress=False, measure_peak=False)
 
     runs = []
-    for i, size in enumerate(cfg.sizes):
-        r = train_one(size, cfg, data, tok, stories, run.device, run.seed + i, desc=f"size {size}",
+    for i, (size, steps) in enumerate(zip(cfg.sizes, plan)):
+        r = train_one(size, steps, cfg, data, tok, stories, run.device, run.seed + i, desc=f"size {size}",
                       log_dir=tb_dir(run, "scaling_size_" + "x".join(map(str, size))))
-        print(f"  N={r['params']:>9,}  final {r['final_loss']:.4f} nats/char  {r['tokens_per_s']:,.0f} tok/s  "
-              f"MFU {r['mfu']:.1%} of {r['peak_flops'] / 1e9:.0f} GFLOP/s  peak mem {r['peak_memory_bytes'] / 2**20:.0f} MiB")
+        print(f"  N={r['params']:>9,}  D={r['tokens']:>9,}  final {r['final_loss']:.4f} nats/char  "
+              f"{r['tokens_per_s']:,.0f} tok/s  MFU {r['mfu']:.1%} of {r['peak_flops'] / 1e9:.0f} GFLOP/s  "
+              f"peak mem {r['peak_memory_bytes'] / 2**20:.0f} MiB")
         runs.append(r)
     floor = runs[0]["curve"][-1]["floor"]  # exact -ln p(story)/chars on the eval stories (same for all)
-    fits = fit_all(runs, cfg, floor)
-    free = fits["chinchilla_free_E"]
-    print(f"Chinchilla fit (E free):  E={free['E']:.4f} A={free['A']:.3g} alpha={free['alpha']:.3f} "
-          f"B={free['B']:.3g} beta={free['beta']:.3f}   (true floor {floor:.4f})")
-    fx = fits["chinchilla_fixed_E"]
-    print(f"Chinchilla fit (E=floor): A={fx['A']:.3g} alpha={fx['alpha']:.3f} B={fx['B']:.3g} beta={fx['beta']:.3f}")
+    fits = fit_all(runs, floor)
+    for k in ("chinchilla_fixed_E", "chinchilla_gap", "chinchilla_free_E"):
+        f = fits[k]
+        print(f"{k}: E={f['E']:.4f} A={f['A']:.3g} alpha={f['alpha']:.3f} B={f['B']:.3g} beta={f['beta']:.3f}")
+    val = validate(runs, floor, min(cfg.validate_last, len(runs) - 2))
+    print("predictor check on the ladder (mean |error| predicting the last sizes from the ones below): "
+          + ", ".join(f"{k} {100 * v:.1f}%" for k, v in val["mean_abs_error"].items()) + f" -> {val['chosen']}")
 
-    # the held-out model: predict first, then train
-    held_model = models[-1]
-    N_h, D_h = held_model.num_params(True), cfg.steps * cfg.tokens_per_step()
+    # the held-out model: predict first (every predictor, the chosen one named), then train
+    N_h, D_h = models[-1].num_params(True), plan[-1] * cfg.tokens_per_step()
     prediction = predict(fits, N_h, D_h)
-    curve_prediction = {k: [float(sl.ChinchillaFit.from_dict(fits[k]).predict(N_h, c * cfg.tokens_per_step()))
-                            for c in eval_steps(cfg)] for k in ("chinchilla_free_E", "chinchilla_fixed_E")}
     print(f"prediction for the held-out N={N_h:,} at D={D_h:,}: "
           + ", ".join(f"{k} {v:.4f}" for k, v in prediction.items()))
-    held = train_one(cfg.held_out, cfg, data, tok, stories, run.device, run.seed + 100, desc="held-out",
+    held = train_one(cfg.held_out, plan[-1], cfg, data, tok, stories, run.device, run.seed + 100, desc="held-out",
                      log_dir=tb_dir(run, "scaling_held_out_" + "x".join(map(str, cfg.held_out))))
     errors = {k: (v - held["final_loss"]) / held["final_loss"] for k, v in prediction.items()}
-    print(f"held-out measured {held['final_loss']:.4f}: " + ", ".join(f"{k} {100 * e:+.1f}%" for k, e in errors.items()))
-    sensitivity = fit_window_sensitivity(runs, held, cfg, floor)
+    print(f"held-out measured {held['final_loss']:.4f}: " + ", ".join(f"{k} {100 * e:+.1f}%" for k, e in errors.items())
+          + f"; chosen ({val['chosen']}): {100 * errors[val['chosen']]:+.2f}%")
     return {"runs": runs, "held_out": held, "floor": floor, "entropy_stream": wood.entropy()["nats_per_char"],
-            "fits": fits, "prediction": prediction, "prediction_curve": curve_prediction,
-            "prediction_error": errors, "fit_window_sensitivity": sensitivity, "config": asdict(cfg),
-            "eval_steps": eval_steps(cfg), "published": {"chinchilla": CHINCHILLA, "kaplan": KAPLAN}}
+            "fits": fits, "validation": val, "chosen": val["chosen"], "prediction": prediction,
+            "prediction_error": errors, "config": asdict(cfg), "steps_plan": plan,
+            "published": {"chinchilla": CHINCHILLA, "kaplan": KAPLAN}}
 
 
 # ------------------------------------------------------------------------------ part 2
@@ -306,7 +390,7 @@ def main(argv=None):
                    help="also run part 3: grad accumulation, checkpointing, bf16 vs fp32, GaLore, duplicates, "
                         "synthetic vs real data, noise injection")
     p.add_argument("--skip-scaling", action="store_true", help="skip part 1 (use with --distributed / --extras)")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps per size (default: the preset's)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps of the smallest size; the compute rule scales the rest (default: the preset's)")
     p.add_argument("--tensorboard", metavar="DIR", default=None,
                    help="also log every training run's loss, lr and tokens/s to TensorBoard under DIR "
                         "(needs: uv sync --extra tensorboard; view: uv run tensorboard --logdir DIR)")
@@ -317,14 +401,13 @@ def main(argv=None):
         raise WorkbookError(f"--steps {run.args.steps} is too few to fit anything; use at least 20")
     cfg = run.pick(
         quick=Config(sizes=[(1, 16, 2), (1, 24, 2), (1, 32, 2), (2, 32, 2)], held_out=(2, 48, 4), steps=24,
-                     batch_size=2, warmup=6, n_evals=5, eval_stories=16, corpus_chars=200_000, fit_from_step=6),
-        default=Config(sizes=[(1, 32, 2), (2, 40, 4), (2, 56, 4), (3, 64, 4), (3, 80, 4)], held_out=(4, 88, 4),
-                       steps=480, batch_size=4, n_evals=10, fit_from_step=120),
-        full=Config(sizes=[(2, 64, 4), (3, 96, 4), (4, 128, 4), (6, 192, 6), (8, 256, 8)], held_out=(10, 384, 8),
-                    steps=4000, batch_size=32, lr=1e-3, warmup=200, fit_from_step=400, corpus_chars=20_000_000))
+                     batch_size=2, warmup=6, eval_stories=16, corpus_chars=200_000, validate_last=1),
+        default=Config(sizes=[(2, 48, 4), (2, 56, 4), (2, 64, 4), (2, 72, 4), (2, 80, 4)], held_out=(2, 96, 4),
+                       steps=480),
+        full=Config(sizes=[(4, 64, 4), (4, 96, 4), (4, 128, 4), (4, 192, 6), (4, 256, 8)], held_out=(4, 384, 8),
+                    steps=2000, batch_size=32, lr=1e-3, warmup=200, corpus_chars=20_000_000))
     if run.args.steps is not None:
         cfg.steps = run.args.steps
-        cfg.fit_from_step = min(cfg.fit_from_step, cfg.steps // 2)
     dist_path = side_results_path(run.out, "distributed")
     if run.args.distributed:  # part 2 keeps its own file: it is re-run only with --distributed
         print("part 2: the same step on 2 processes")
@@ -359,49 +442,71 @@ def side_results_path(out: Path, part: str) -> Path:
 
 
 def headline(s: dict) -> dict:
-    fx, fr = s["fits"]["chinchilla_fixed_E"], s["fits"]["chinchilla_free_E"]
+    fx, fr, ch = s["fits"]["chinchilla_fixed_E"], s["fits"]["chinchilla_free_E"], s["chosen"]
     return dict(sizes=len(s["runs"]) + 1, floor_nats_per_char=s["floor"], fitted_E=fr["E"],
                 alpha_fixed_E=fx["alpha"], beta_fixed_E=fx["beta"], alpha_free_E=fr["alpha"], beta_free_E=fr["beta"],
-                power_law_alpha_N=s["fits"]["power_law"]["alpha_N"],
-                held_out_params=s["held_out"]["params"], held_out_measured=s["held_out"]["final_loss"],
-                held_out_predicted=s["prediction"]["chinchilla_fixed_E"],
-                held_out_error_pct=100 * s["prediction_error"]["chinchilla_fixed_E"])
+                power_law_alpha_N=s["fits"]["power_law"]["alpha_N"], chosen_predictor=ch,
+                held_out_params=s["held_out"]["params"], held_out_tokens=s["held_out"]["tokens"],
+                held_out_measured=s["held_out"]["final_loss"], held_out_predicted=s["prediction"][ch],
+                held_out_error_pct=100 * s["prediction_error"][ch],
+                no_law_baseline_error_pct=100 * (s["runs"][-1]["final_loss"] / s["held_out"]["final_loss"] - 1))
+
+
+PREDICTOR_NAMES = {"chinchilla_fixed_E": "Chinchilla form, E = exact floor (fit on ln L)",
+                   "chinchilla_gap": "Chinchilla form, E = exact floor (fit on ln(L - E))",
+                   "chinchilla_free_E": "Chinchilla form, E free",
+                   "power_law": "power law (N_c/N)^alpha_N on final losses",
+                   "power_law_with_floor": "E + A/N^alpha on final losses (E = exact floor)"}
 
 
 def notes_markdown(results: dict, dist_path: Path, extras_path: Path | None = None) -> str:
     s = results["scaling"]
+    c = s["config"]
     rows = [{"model (L, d, heads)": str(tuple(r["size"])) + (" held-out" if r is s["held_out"] else ""),
-             "non-emb params N": f"{r['params']:,}", "tokens D": f"{r['tokens']:,}",
-             "final loss (nats/char)": round(r["final_loss"], 4), "gap to floor": round(r["final_loss"] - s["floor"], 4),
-             "wall s": round(r["wall_s"], 1), "tokens/s": f"{r['tokens_per_s']:,.0f}", "MFU": f"{r['mfu']:.1%}", "peak GFLOP/s": round(r["peak_flops"] / 1e9, 1),
+             "non-emb params N": f"{r['params']:,}", "steps": r["steps"], "tokens D": f"{r['tokens']:,}",
+             "loss at D/2 (cooled)": round(r["curve"][0]["loss"], 4) if len(r["curve"]) > 1 else "-",
+             "final loss (nats/char)": round(r["final_loss"], 4),
+             "before cooldown": round(r["curve"][-1]["stable_loss"], 4),
+             "gap to floor": round(r["final_loss"] - s["floor"], 4),
+             "wall s": round(r["wall_s"], 1), "tokens/s": f"{r['tokens_per_s']:,.0f}", "MFU": f"{r['mfu']:.1%}",
+             "peak GFLOP/s": round(r["peak_flops"] / 1e9, 1),
              "peak mem MiB": round(r["peak_memory_bytes"] / 2**20, 1)} for r in [*s["runs"], s["held_out"]]]
-    fits = [{"fit": name, "E": round(f["E"], 4), "A": f"{f['A']:.3g}", "alpha": round(f["alpha"], 3),
+    fits = [{"fit": PREDICTOR_NAMES[k], "E": round(f["E"], 4), "A": f"{f['A']:.3g}", "alpha": round(f["alpha"], 3),
              "B": f"{f['B']:.3g}", "beta": round(f["beta"], 3)}
-            for name, f in (("Chinchilla form, E free", s["fits"]["chinchilla_free_E"]),
-                            ("Chinchilla form, E = exact floor", s["fits"]["chinchilla_fixed_E"]))]
+            for k in ("chinchilla_fixed_E", "chinchilla_gap", "chinchilla_free_E") for f in [s["fits"][k]]]
     fits.append({"fit": "published Chinchilla (Hoffmann et al. 2022)", "E": CHINCHILLA["E"], "A": "406.4",
                  "alpha": CHINCHILLA["alpha"], "B": "410.7", "beta": CHINCHILLA["beta"]})
-    pred = [{"predictor": k, "predicted": round(v, 4), "measured": round(s["held_out"]["final_loss"], 4),
+    val = s["validation"]
+    vrows = [{"predictor": PREDICTOR_NAMES[k]}
+             | {f"N={r['target_params']:,} from {r['fitted_sizes']} sizes": f"{100 * r['errors'][k]:+.2f}%" for r in val["rows"]}
+             | {"mean abs": f"{100 * val['mean_abs_error'][k]:.2f}%" + (" (chosen)" if k == s["chosen"] else "")}
+             for k in PREDICTORS]
+    h = s["held_out"]
+    pred = [{"predictor": PREDICTOR_NAMES[k] + (" **(chosen)**" if k == s["chosen"] else ""),
+             "predicted": round(v, 4), "measured": round(h["final_loss"], 4),
              "error %": round(100 * s["prediction_error"][k], 2)} for k, v in s["prediction"].items()]
-    pl = s["fits"]["power_law"]
+    base = s["runs"][-1]["final_loss"]   # no law at all: "the bigger model will do as well as the biggest so far"
+    pred.append({"predictor": "reference, no law: the largest ladder model's final loss", "predicted": round(base, 4),
+                 "measured": round(h["final_loss"], 4), "error %": round(100 * (base - h["final_loss"]) / h["final_loss"], 2)})
+    pl, pf = s["fits"]["power_law"], s["fits"]["power_law_with_floor"]
     m = results["meta"]
     md = (f"Scaling ladder measured by `{m['command']}` on {m['date']} ({m['threads']} threads, load average "
           f"{m['load_avg_1m']}, {m['runtime_s']:.0f} s).\n\n"
           f"Exact floor on the evaluation stories: **{s['floor']:.4f} nats/char** "
-          f"(stream entropy {s['entropy_stream']:.4f}). MFU is against the fp32 matmul peak measured just before "
-            f"each run (column 'peak GFLOP/s'); under load both drift.\n\n"
+          f"(stream entropy {s['entropy_stream']:.4f}). Compute rule: D ∝ N^{c['tokens_exponent']:g} "
+          f"({c['steps']} steps of {c['batch_size']} x {c['seq_len']} characters for the smallest model), peak lr "
+          f"{c['lr']:g} for every size, WSD schedule with a {c['cooldown']:.0%} linear cooldown to 0; each size is "
+          f"also scored at D/2 by a cooled-down copy of its trunk. MFU is against the fp32 matmul peak measured just "
+          f"before each run (column 'peak GFLOP/s'); under load both drift. Wall s includes the cooldown copies "
+          f"and the scoring.\n\n"
           + cli.markdown_table(rows) + "\n\n" + cli.markdown_table(fits)
-          + f"\n\nPower law on the final losses: L(N) = (N_c/N)^alpha_N with alpha_N = {pl['alpha_N']:.3f} "
-            f"(Kaplan et al.: {KAPLAN['alpha_N']}).\n\nHeld-out model predicted before training:\n\n"
-          + cli.markdown_table(pred)
-          + "\n\nAfter the fact (not used for the prediction above): the same fits using only points from step s on.\n\n"
-          + cli.markdown_table([{"from step": r["from_step"], "points": r["points"],
-                                 "E=floor: alpha, beta": f"{r['fixed_E']['alpha']:.2f}, {r['fixed_E']['beta']:.2f}",
-                                 "E=floor: rms log residual": round(r["fixed_E"]["rms_log_residual"], 3),
-                                 "E=floor: held-out error %": round(100 * r["fixed_E"]["error"], 1),
-                                 "E free: E": round(r["free_E"]["E"], 3),
-                                 "E free: held-out error %": round(100 * r["free_E"]["error"], 1)}
-                                for r in s.get("fit_window_sensitivity", [])]))
+          + f"\n\nOn the final losses along the rule: L(N) = (N_c/N)^alpha_N with alpha_N = {pl['alpha_N']:.3f} "
+            f"(Kaplan et al.: {KAPLAN['alpha_N']}); L(N) = E + A/N^alpha with E = floor: alpha = {pf['alpha']:.3f}.\n\n"
+            "Choosing the predictor from the ladder alone (before the held-out model trains): each predictor is "
+            "refitted on the sizes below a ladder size and predicts that size's final loss.\n\n"
+          + cli.markdown_table(vrows)
+          + f"\n\nHeld-out model N = {h['params']:,} at D = {h['tokens']:,}, predicted before training:\n\n"
+          + cli.markdown_table(pred))
     if dist_path.exists():
         dist = json.loads(dist_path.read_text())
         m = dist["meta"]

@@ -12,6 +12,10 @@ and minimise a Huber loss between ln L_hat and ln L with L-BFGS (torch, float64)
 objective has local minima, so the start matters: for fixed exponents the law is linear in
 (A, B, E), which lets a fine exponent grid + linear least squares pick the start.
 
+`fit_chinchilla_gap` fits the same form with E known, but measures the misfit on the GAP,
+ln(L_hat - E) against ln(L - E): near the floor a 1% error in L is a 5-10% error in the gap, and
+the gap is what the next, larger model shrinks.
+
 `fit_power_law` is the simpler Kaplan et al. (2020) form for the final losses against N
 alone: L(N) = (N_c / N)**alpha_N, a straight line in log-log axes (numpy least squares);
 `fit_power_law_with_floor` subtracts a known floor first: L(N) - E = A N**-alpha.
@@ -63,6 +67,7 @@ def huber(x: torch.Tensor, delta: float) -> torch.Tensor:
 def _objective(theta, logN, logD, logL, delta, fixed_e):
     a, b, alpha, beta = theta[0], theta[1], theta[2], theta[3]
     e = theta[4] if fixed_e is None else fixed_e
+    # e = -inf drops the floor term (exp(-inf) = 0): the gap fit uses this
     terms = torch.stack([a - alpha * logN, b - beta * logD, e.expand_as(logN)])
     pred = torch.logsumexp(terms, dim=0)
     return huber(pred - logL, delta).sum()
@@ -105,7 +110,7 @@ def fit_chinchilla(N, D, L, E: float | None = None, delta: float = 1e-3, iters: 
     logN = torch.log(torch.as_tensor(N, dtype=torch.float64))
     logD = torch.log(torch.as_tensor(D, dtype=torch.float64))
     logL = torch.log(torch.as_tensor(L, dtype=torch.float64))
-    fixed_e = None if E is None else torch.tensor(math.log(E), dtype=torch.float64)
+    fixed_e = None if E is None else torch.tensor(math.log(E) if E > 0 else -math.inf, dtype=torch.float64)
     init = [math.log(start["A"]), math.log(start["B"]), start["alpha"], start["beta"]]
     init += [] if E is not None else [math.log(start["E"])]
     theta = torch.tensor(init, dtype=torch.float64, requires_grad=True)
@@ -122,9 +127,19 @@ def fit_chinchilla(N, D, L, E: float | None = None, delta: float = 1e-3, iters: 
     with torch.no_grad():
         loss = _objective(theta, logN, logD, logL, delta, fixed_e).item()
     a, b, alpha, beta = theta.detach()[:4].tolist()
-    e = theta[4].item() if E is None else math.log(E)
-    return ChinchillaFit(E=math.exp(e), A=math.exp(a), alpha=alpha, B=math.exp(b), beta=beta,
+    E_fit = math.exp(theta[4].item()) if E is None else E
+    return ChinchillaFit(E=E_fit, A=math.exp(a), alpha=alpha, B=math.exp(b), beta=beta,
                          loss=loss, fixed_E=E is not None)
+
+
+def fit_chinchilla_gap(N, D, L, E: float, delta: float = 1e-3, iters: int = 100) -> ChinchillaFit:
+    """The Chinchilla form with E known, fitted to the gap: ln(A/N^alpha + B/D^beta) vs ln(L - E).
+    It is `fit_chinchilla` on (L - E) with no floor term (E = 0), the floor added back after."""
+    gap = np.asarray(L, dtype=float) - E
+    if np.any(gap <= 0):
+        raise ValueError("a loss at or below the floor: the floor cannot be right")
+    f = fit_chinchilla(N, D, gap, E=0.0, delta=delta, iters=iters)
+    return ChinchillaFit(E=E, A=f.A, alpha=f.alpha, B=f.B, beta=f.beta, loss=f.loss, fixed_E=True)
 
 
 def fit_power_law(N, L) -> dict:

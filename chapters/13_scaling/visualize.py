@@ -37,76 +37,93 @@ def draw(results_path: Path, plots_dir: Path, animations_dir: Path | None = None
     return out
 
 
-def _fit(s, key="chinchilla_fixed_E") -> sl.ChinchillaFit:
+CHINCHILLA_KEYS = ("chinchilla_gap", "chinchilla_fixed_E", "chinchilla_free_E")
+
+
+def _fit(s, key=None) -> sl.ChinchillaFit:
+    """The Chinchilla-form fit to draw: the chosen predictor when it is one, else the gap fit."""
+    key = key or (s["chosen"] if s.get("chosen") in CHINCHILLA_KEYS else "chinchilla_gap")
     return sl.ChinchillaFit.from_dict(s["fits"][key])
 
 
+def _fit_name(s) -> str:
+    return s["chosen"] if s.get("chosen") in CHINCHILLA_KEYS else "chinchilla_gap"
+
+
+def _rule_D(s, N):
+    """Tokens the compute rule gives a model of N parameters (D ∝ N^k, anchored at the smallest)."""
+    r0, k = s["runs"][0], s["config"]["tokens_exponent"]
+    return r0["tokens"] * (np.asarray(N, float) / r0["params"]) ** k
+
+
 def curves(s: dict, plots_dir: Path) -> Path:
-    """Loss against tokens for every size, the fitted law through them, and the floor."""
+    """Loss against tokens for every size: the cooled-down points (fitted), the trunk before its
+    cooldown (not fitted), the law through the cooled points, and the floor."""
     fit = _fit(s)
     fig, ax = plt.subplots(figsize=(8, 5.2))
     runs = [*s["runs"], s["held_out"]]
     colors = plt.cm.viridis(np.linspace(0, 0.9, len(runs)))
-    fit_start = s["config"]["fit_from_step"] * s["config"]["batch_size"] * s["config"]["seq_len"]
-    D = np.geomspace(fit_start, runs[0]["tokens"], 100)  # the law is drawn only where it was fitted
+    D = np.geomspace(min(c["tokens"] for r in runs for c in r["curve"]) / 1.3, s["held_out"]["tokens"] * 1.3, 100)
+    tps = s["config"]["batch_size"] * s["config"]["seq_len"]
     for r, col in zip(runs, colors):
         held = r is s["held_out"]
-        t = [c["tokens"] for c in r["curve"]]
-        L = [c["loss"] for c in r["curve"]]
-        ax.plot(t, L, "*" if held else "o", ms=10 if held else 5, color=col,
-                label=f"N={r['params']:,}" + (" (held out)" if held else ""))
-        ax.plot(D, fit.predict(r["params"], D), "-" if not held else ":", color=col, lw=1.3, alpha=0.8)
-    ax.axvline(fit_start, color="grey", lw=0.8, ls=":")
+        ax.plot([c["tokens"] for c in r["curve"]], [c["loss"] for c in r["curve"]], "*" if held else "o",
+                ms=11 if held else 6, color=col, label=f"N={r['params']:,}" + (" (held out)" if held else ""))
+        ax.plot([c["stable_step"] * tps for c in r["curve"]], [c["stable_loss"] for c in r["curve"]], "o",
+                mfc="none", ms=6, color=col)
+        ax.plot(D, fit.predict(r["params"], D), ":" if held else "-", color=col, lw=1.3, alpha=0.8)
     plotting.entropy_floor(ax, s["floor"], label="exact floor E")
     ax.set(xscale="log", yscale="log", xlabel="training tokens D (characters)", ylabel="loss on held-out stories (nats/char)",
            title="Loss vs data for each model size: fit E + A/N^α + B/D^β (lines)")
     ax.legend(fontsize=8, ncol=2)
-    ax.text(0.01, 0.01, f"α={fit.alpha:.2f}, β={fit.beta:.2f} (E fixed to the floor); points left of the dotted "
-            "line are warm-up, not fitted; held-out curve (dotted) predicted before training",
+    ax.text(0.01, 0.01, f"{_fit_name(s)}: α={fit.alpha:.2f}, β={fit.beta:.2f}; filled: after the cooldown (fitted), "
+            "hollow: the same run just before it; held-out (dotted) predicted before training",
             transform=ax.transAxes, fontsize=7.5, color="dimgray")
     return plotting.save_fig(fig, plots_dir, "loss_vs_tokens")
 
 
 def loss_vs_params(s: dict, plots_dir: Path) -> Path:
-    """Final loss against N: both fits, the floor, and the held-out prediction vs measurement."""
+    """Final loss against N along the compute rule: every fit, the floor, the held-out prediction."""
     fig, ax = plt.subplots(figsize=(8, 5.2))
     N = np.array([r["params"] for r in s["runs"]])
     L = np.array([r["final_loss"] for r in s["runs"]])
     h = s["held_out"]
     grid = np.geomspace(N.min() / 1.5, h["params"] * 3, 100)
-    D = s["runs"][0]["tokens"]
-    ax.plot(N, L, "o", color="C0", label="fitted sizes (final loss)")
-    ax.plot(grid, _fit(s).predict(grid, D), "-", color="C1", label="Chinchilla form, E = floor")
-    ax.plot(grid, _fit(s, "chinchilla_free_E").predict(grid, D), "--", color="C2", label="Chinchilla form, E free")
+    ax.plot(N, L, "o", color="C0", label="ladder (final loss, fitted)")
+    styles = {"chinchilla_gap": ("-", "C1"), "chinchilla_fixed_E": ("-.", "C5"), "chinchilla_free_E": ("--", "C2")}
+    for k, (ls, col) in styles.items():
+        ax.plot(grid, _fit(s, k).predict(grid, _rule_D(s, grid)), ls, color=col, lw=1.2, label=k)
     ax.plot(grid, sl.power_law(grid, s["fits"]["power_law"]), ":", color="C4",
             label=f"power law (N_c/N)^{s['fits']['power_law']['alpha_N']:.3f}")
+    ax.plot(grid, sl.power_law_with_floor(grid, s["fits"]["power_law_with_floor"]), ":", color="C6",
+            label="E + A/N^α (E = floor)")
     ax.plot(h["params"], h["final_loss"], "*", ms=16, color="C3", label=f"held-out, measured {h['final_loss']:.4f}")
-    p = s["prediction"]["chinchilla_fixed_E"]
-    ax.plot(h["params"], p, "x", ms=12, mew=2.5, color="C1",
-            label=f"held-out, predicted {p:.4f} ({100 * s['prediction_error']['chinchilla_fixed_E']:+.1f}%)")
+    ch = s["chosen"]
+    p = s["prediction"][ch]
+    ax.plot(h["params"], p, "x", ms=12, mew=2.5, color="black",
+            label=f"held-out, predicted {p:.4f} by {ch} ({100 * s['prediction_error'][ch]:+.1f}%)")
     plotting.entropy_floor(ax, s["floor"], label="exact floor E")
     ax.set(xscale="log", yscale="log", xlabel="non-embedding parameters N",
-           ylabel="final loss (nats/char)", title=f"Final loss vs model size at D = {D:,} tokens")
-    ax.legend(fontsize=8)
+           ylabel="final loss (nats/char)",
+           title=f"Final loss vs model size along the rule D ∝ N^{s['config']['tokens_exponent']:g}")
+    ax.legend(fontsize=7.5)
     return plotting.save_fig(fig, plots_dir, "loss_vs_params")
 
 
 def parity(s: dict, plots_dir: Path) -> Path:
-    """Every scored point: what the law says against what was measured."""
+    """Every cooled point: what the law says against what was measured."""
     fit = _fit(s)
     fig, ax = plt.subplots(figsize=(5.8, 5.4))
-    from_step = s["config"]["fit_from_step"]
     for r, held in [*((r, False) for r in s["runs"]), (s["held_out"], True)]:
-        pts = [c for c in r["curve"] if c["step"] >= from_step]
-        meas = np.array([c["loss"] for c in pts])
-        pred = fit.predict(r["params"], np.array([c["tokens"] for c in pts]))
+        meas = np.array([c["loss"] for c in r["curve"]])
+        pred = fit.predict(r["params"], np.array([c["tokens"] for c in r["curve"]]))
         ax.plot(meas, pred, "*" if held else "o", ms=10 if held else 5,
                 label="held out (not fitted)" if held else None, color="C3" if held else "C0", alpha=0.8)
     lo = min(ax.get_xlim()[0], ax.get_ylim()[0])
     hi = max(ax.get_xlim()[1], ax.get_ylim()[1])
     ax.plot([lo, hi], [lo, hi], color="black", lw=0.8)
     ax.fill_between([lo, hi], [lo * 0.97, hi * 0.97], [lo * 1.03, hi * 1.03], color="grey", alpha=0.15, label="±3%")
-    ax.set(xlabel="measured loss", ylabel="predicted by the fit (E = floor)", title="Fit vs measurement")
+    ax.set(xlabel="measured loss", ylabel=f"predicted by {_fit_name(s)}", title="Fit vs measurement")
     ax.legend(fontsize=8)
     return plotting.save_fig(fig, plots_dir, "parity")
 
