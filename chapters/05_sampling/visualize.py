@@ -75,22 +75,24 @@ def filters(r: dict, plots_dir: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- 2. entropy vs diversity
+def _per_family(ax, fams: dict, colors: dict, x_key: str, y_key: str, **kw) -> None:
+    """One line per sampler family: y_key against x_key over its temperature sweep."""
+    for f, rows in fams.items():
+        ax.plot([x[x_key] for x in rows], [x[y_key] for x in rows], marker=MARKERS[f], color=colors[f], label=f, **kw)
+
+
 def entropy_diversity(r: dict, plots_dir: Path) -> Path:
     colors, fams, ref = _colors(), _families(r), r["corpus_reference"]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     ax = axes[0]
-    for f, rows in fams.items():
-        ax.plot([x["temperature"] for x in rows], [x["entropy_bits"] for x in rows], marker=MARKERS[f],
-                color=colors[f], label=f)
+    _per_family(ax, fams, colors, "temperature", "entropy_bits")
     plotting.entropy_floor(ax, ref["entropy_bits"], label="true entropy rate of the corpus (bits/char)")
     ax.set(xlabel="temperature", ylabel="entropy of the sampled distribution (bits/char)",
            title="Temperature sets the entropy;\ntruncation caps it")
     ax.legend(fontsize=8, loc="upper left")
     for ax, key, name in [(axes[1], "distinct_4", "distinct-4 (unique word 4-grams / all)"),
                           (axes[2], "self_bleu", "self-BLEU-4 (samples vs each other)")]:
-        for f, rows in fams.items():
-            ax.plot([x["entropy_bits"] for x in rows], [x[key] for x in rows], marker=MARKERS[f], color=colors[f],
-                    label=f, alpha=0.9)
+        _per_family(ax, fams, colors, "entropy_bits", key, alpha=0.9)
         for x in fams.get("temperature only", []):
             ax.annotate(f"T={x['temperature']:g}", (x["entropy_bits"], x[key]), fontsize=7, xytext=(4, -9),
                         textcoords="offset points")
@@ -134,9 +136,7 @@ def validity(r: dict, plots_dir: Path) -> Path:
     colors, fams, ref = _colors(), _families(r), r["corpus_reference"]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     ax = axes[0]
-    for f, rows in fams.items():
-        ax.plot([x["temperature"] for x in rows], [x["sentence_validity"] for x in rows], marker=MARKERS[f],
-                color=colors[f], label=f)
+    _per_family(ax, fams, colors, "temperature", "sentence_validity")
     ax.axhline(ref["sentence_validity"], color="gold", lw=2.5, label="real stories")
     ax.set(xlabel="temperature", ylabel="share of sentences the grammar can produce", ylim=(-0.03, 1.05),
            title="Hotter sampling breaks sentences;\ntruncation holds them together")
@@ -153,9 +153,8 @@ def validity(r: dict, plots_dir: Path) -> Path:
            title="Whole stories: the shape survives low T;\nconsistency is beyond this model at any T")
     ax.legend(fontsize=7.5, loc="upper right", bbox_to_anchor=(1.0, 0.6), framealpha=0.95)
     ax = axes[2]
+    _per_family(ax, fams, colors, "distinct_4", "story_wellformed")
     for f, rows in fams.items():
-        ax.plot([x["distinct_4"] for x in rows], [x["story_wellformed"] for x in rows], marker=MARKERS[f],
-                color=colors[f], label=f)
         for x in rows:
             if f in ("temperature only", "min-p 0.1") and x["temperature"] in (1.0, 2.0, 3.0):
                 ax.annotate(f"T={x['temperature']:g}", (x["distinct_4"], x["story_wellformed"]), fontsize=7,
