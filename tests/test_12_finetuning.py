@@ -259,6 +259,41 @@ def test_ppo_clip_by_hand():
     assert clipped.item() == pytest.approx(2 / 3)
 
 
+def test_ppo_token_rewards_by_hand():
+    """Every answer token pays beta * (log pi - log pi_ref); the score lands on the last answer
+    token of each row (rows are right-padded, so row 1 ends early); beta = 0 leaves only the score."""
+    logp = torch.tensor([[-1.0, -2.0, -0.5], [-1.0, -3.0, 0.0]])
+    logp_ref = torch.tensor([[-1.5, -1.0, -0.5], [-2.0, -1.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    score = torch.tensor([2.0, -1.0])
+    r = O.ppo_token_rewards(score, logp, logp_ref, mask, beta=0.5)
+    expected = torch.tensor([[-0.25, 0.5, 2.0], [-0.5, 1.0 - 1.0, 0.0]])
+    assert torch.allclose(r, expected)
+    # summed over a row: score - beta * (sampled KL of the answer)
+    assert torch.allclose(r.sum(1), score - 0.5 * ((logp - logp_ref) * mask).sum(1))
+    r0 = O.ppo_token_rewards(score, logp, logp_ref, mask, beta=0.0)
+    assert torch.allclose(r0, torch.tensor([[0.0, 0.0, 2.0], [0.0, -1.0, 0.0]]))
+
+
+def test_whiten_uses_only_answer_tokens():
+    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 99.0, -50.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    w = O.whiten(x, mask)
+    real = w[mask.bool()]
+    assert real.mean().abs() < 1e-6 and real.pow(2).mean().sqrt() == pytest.approx(1.0, abs=1e-5)
+    assert torch.allclose(real, (torch.tensor([1.0, 2, 3, 4]) - 2.5) / torch.tensor([1.0, 2, 3, 4]).std(unbiased=False))
+    assert (w[~mask.bool()] == 0).all()   # padding gets no advantage
+
+
+def test_top_answers_ranks_by_frequency():
+    ex = m.Example("color", "Story: x.\nAnswer:", " red")
+    r = m.Rollout(x=None, y=None, mask=None, answers=[" red\n", " reed\n", " reed\n", " blue\n"], examples=[ex] * 4,
+                  reward=torch.tensor([1.0, 2.0, 3.0, -1.0]), logp_old=None, logp_ref=None)
+    top = m.top_answers(r, k=2)
+    assert top[0] == {"answer": " reed\n", "share": 0.5, "mean_reward": 2.5, "valid": 0.0}
+    assert top[1]["answer"] in (" red\n", " blue\n") and top[1]["valid"] == 1.0
+
+
 def test_gae_by_hand():
     rewards = torch.tensor([[0.0, 0.0, 1.0, 0.0]])
     values = torch.tensor([[0.5, 0.6, 0.7, 9.0]])
@@ -438,6 +473,9 @@ def test_quick_run_results(quick_run):
     assert 0 < h["lora_trainable_share"] < 0.5
     assert set(res["rl"]["curves"]) == {"PPO", "PPO, no KL", "GRPO", "DPO"}
     assert res["rl"]["final"]["SFT"]["kl"] == pytest.approx(0.0, abs=1e-5)  # the reference against itself
+    assert len(res["rl"]["curves"]["PPO"]) == res["config"]["rl_updates"] + 1   # the start, then after each update
+    for v in res["rl"]["final"].values():
+        assert v["top_answers"] and sum(a["share"] for a in v["top_answers"]) <= 1.0 + 1e-9
     assert len(res["sft"]["losses"]) == res["config"]["sft_steps"]
     assert list((out / "plots" / CHAPTER).glob("*.png"))
     rm = res["reward_model"]
@@ -487,6 +525,12 @@ def test_bad_input_exits_2(tmp_path):
     r = run_script(CHAPTER, "main.py", "--quick", "--lora-rank", "0", "--out", tmp_path)
     assert r.returncode == 2
     assert [line for line in r.stderr.splitlines() if line.strip()] == ["error: --lora-rank must be at least 1, got 0"]
+
+
+def test_bad_rl_lr_exits_2(tmp_path):
+    r = run_script(CHAPTER, "main.py", "--quick", "--rl-lr", "0", "--out", tmp_path)
+    assert r.returncode == 2
+    assert [line for line in r.stderr.splitlines() if line.strip()] == ["error: --rl-lr must be between 0 and 1, got 0.0"]
 
 
 def test_bad_rl_updates_exits_2_before_any_work(tmp_path):

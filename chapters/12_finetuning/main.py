@@ -66,16 +66,17 @@ class Config:
     dpo_steps: int = 30
     dpo_beta: float = 0.1
     dpo_lr: float = 3e-4
-    rl_updates: int = 16
+    rl_updates: int = 24
     rl_prompts: int = 2           # prompts per update
-    rl_group: int = 4             # sampled answers per prompt (GRPO's group; PPO uses the same batch)
+    rl_group: int = 8             # sampled answers per prompt (GRPO's group; PPO uses the same batch)
     rl_epochs: int = 2            # optimisation passes over each sampled batch
-    rl_lr: float = 3e-4
-    kl_beta: float = 0.1
+    rl_lr: float = 2e-4           # 3e-4 with 8 samples per update moved the policy ~5 nats in 8 updates
+    kl_beta: float = 0.3          # per nat of KL, in units of the reward model's (unit) std
     clip: float = 0.2
     max_answer_tokens: int = 10
     probe_every: int = 4          # DPO: measure reward/KL on fresh samples every this many steps
-    n_rl_eval: int = 24           # held-out prompts (x rl_group samples) for the final RL comparison
+    n_rl_eval: int = 24           # held-out prompts for the final RL comparison
+    eval_group: int = 4           # samples per held-out prompt: more prompts, fewer samples each
 
 
 def presets(run) -> Config:
@@ -89,10 +90,11 @@ def presets(run) -> Config:
         n_rm_test=run.pick(quick=16, default=96, full=512),
         rm_epochs=run.pick(quick=3, default=40, full=40),
         dpo_steps=run.pick(quick=2, default=16, full=300),
-        rl_updates=run.pick(quick=2, default=8, full=100),
+        rl_updates=run.pick(quick=2, default=24, full=100),
         rl_prompts=run.pick(quick=1, default=2, full=8),
+        rl_group=run.pick(quick=4, default=8, full=8),
         probe_every=run.pick(quick=1, default=4, full=10),
-        n_rl_eval=run.pick(quick=4, default=12, full=128),
+        n_rl_eval=run.pick(quick=4, default=24, full=128),
     )
 
 
@@ -454,13 +456,13 @@ def answer_ok(ex: Example, answer: str) -> tuple[bool, bool]:
 
 @torch.no_grad()
 def rollout(policy: GPT, ref: GPT, rm: RewardModel, tok, prompts: list[Example], cfg: Config,
-            g: torch.Generator) -> Rollout:
-    """Sample `rl_group` answers per prompt (temperature 1), cut each at its first newline,
-    and score them: reward model, policy and reference log-probs."""
+            g: torch.Generator, group: int | None = None) -> Rollout:
+    """Sample `group` (default `rl_group`) answers per prompt (temperature 1), cut each at its
+    first newline, and score them: reward model, policy and reference log-probs."""
     policy.eval()
     answers, examples = [], []
     for ex in prompts:
-        idx = torch.tensor([tok.encode(ex.prompt)] * cfg.rl_group)
+        idx = torch.tensor([tok.encode(ex.prompt)] * (group or cfg.rl_group))
         out = policy.generate(idx, cfg.max_answer_tokens, temperature=1.0, generator=g, stop_token=tok.stoi[END])
         for row in out[:, idx.shape[1]:].tolist():
             text = tok.decode(row)
@@ -481,6 +483,17 @@ def rollout_stats(r: Rollout) -> dict:
             "answer_len": sum(len(a) for a in r.answers) / len(r.answers)}
 
 
+def top_answers(r: Rollout, k: int = 5) -> list[dict]:
+    """The policy's most frequent sampled answers with their mean reward and whether they are
+    well-formed: where a policy that games the reward model shows what it found."""
+    groups: dict[str, list[tuple[float, bool]]] = {}
+    for e, a, rw in zip(r.examples, r.answers, r.reward.tolist()):
+        groups.setdefault(a, []).append((rw, answer_ok(e, a)[1]))
+    ranked = sorted(groups.items(), key=lambda kv: -len(kv[1]))[:k]
+    return [{"answer": a, "share": len(v) / len(r.answers), "mean_reward": sum(x for x, _ in v) / len(v),
+             "valid": sum(ok for _, ok in v) / len(v)} for a, v in ranked]
+
+
 def ppo_update(policy: GPT, value_head: nn.Linear, r: Rollout, opt, cfg: Config, beta: float) -> dict:
     """PPO as in InstructGPT, at the scale of one answer: per-token reward -beta * KL estimate,
     plus the reward model's score on the last answer token; GAE with a value head; then
@@ -488,14 +501,10 @@ def ppo_update(policy: GPT, value_head: nn.Linear, r: Rollout, opt, cfg: Config,
     with torch.no_grad():
         _, h = forward_with_hidden(policy, r.x)
         values = value_head(h).squeeze(-1) * r.mask
-        rewards = -beta * obj.kl_estimates(r.logp_old, r.logp_ref)["k1"] * r.mask
-        last = r.mask.long().cumsum(1).argmax(1)            # index of each row's last answer token
-        rewards[torch.arange(len(rewards)), last] += r.reward
+        rewards = obj.ppo_token_rewards(r.reward, r.logp_old, r.logp_ref, r.mask, beta)
         adv, returns = obj.gae(rewards, values, r.mask, gamma=1.0, lam=0.95)
+        adv = obj.whiten(adv, r.mask)   # the step size stops depending on the reward's scale
         m = r.mask.float()
-        mean = (adv * m).sum() / m.sum()
-        std = (((adv - mean) ** 2 * m).sum() / m.sum()).sqrt()
-        adv = (adv - mean) / (std + 1e-8) * m                 # whitened: the step size stops depending on reward scale
     policy.train()
     for _ in range(cfg.rl_epochs):
         logits, h = forward_with_hidden(policy, r.x)
@@ -593,9 +602,10 @@ def main(argv=None):
     p = cli.parser(CHAPTER, __doc__)
     p.add_argument("--unmasked", action="store_true", help="what to break: SFT loss on prompt tokens too")
     p.add_argument("--lora-rank", type=int, default=8, help="rank r of the LoRA update")
-    p.add_argument("--kl-beta", type=float, default=0.1, help="KL penalty weight for PPO/GRPO")
+    p.add_argument("--kl-beta", type=float, default=0.3, help="KL penalty weight for PPO/GRPO")
     p.add_argument("--rl-updates", type=int, default=None,
                    help="PPO/GRPO updates (DPO takes twice as many steps); default: the preset's")
+    p.add_argument("--rl-lr", type=float, default=None, help="PPO/GRPO learning rate; default: the preset's")
     p.add_argument("--extras", action="store_true",
                    help="also run the extras: mood classification fine-tuning and SFT curriculum ordering")
     run = cli.setup(p, argv)
@@ -603,12 +613,16 @@ def main(argv=None):
         raise WorkbookError(f"--lora-rank must be at least 1, got {run.args.lora_rank}")
     if run.args.kl_beta < 0:
         raise WorkbookError(f"--kl-beta must be >= 0, got {run.args.kl_beta}")
+    if run.args.rl_lr is not None and not 0 < run.args.rl_lr < 1:
+        raise WorkbookError(f"--rl-lr must be between 0 and 1, got {run.args.rl_lr}")
     if run.args.rl_updates is not None and run.args.rl_updates < 1:
         raise WorkbookError(f"--rl-updates must be at least 1, got {run.args.rl_updates}")
     cfg = presets(run)
     cfg.lora_rank, cfg.kl_beta = run.args.lora_rank, run.args.kl_beta
     if run.args.rl_updates is not None:
         cfg.rl_updates, cfg.dpo_steps = run.args.rl_updates, 2 * run.args.rl_updates
+    if run.args.rl_lr is not None:
+        cfg.rl_lr = run.args.rl_lr
     cfg.lora_alpha = 2.0 * cfg.lora_rank
     seed = run.seed
     t_start = time.perf_counter()
@@ -712,6 +726,7 @@ def main(argv=None):
 
     # ---- 5. RL from the SFT policy -------------------------------------------------------------
     timings["reward_model"], t0 = time.perf_counter() - t0, time.perf_counter()
+    cpu0 = time.process_time()   # RL's own CPU seconds (all threads): the cost of the knobs below
     runs = {}
     policies = {}
     for name, method, beta in (("PPO", "ppo", cfg.kl_beta), ("PPO, no KL", "ppo", 0.0), ("GRPO", "grpo", cfg.kl_beta)):
@@ -719,14 +734,16 @@ def main(argv=None):
     policies["DPO"], runs["DPO"], dpo_losses = run_dpo(sft_model, rm, tok, pairs_train, rl_prompts, cfg, seed + 11)
 
     timings["rl"], t0 = time.perf_counter() - t0, time.perf_counter()
+    timings["rl_cpu"] = time.process_time() - cpu0
     # final measurements on the held-out RL prompts: fresh samples, same generator for all
     final = {}
     for name, pol in [("SFT", sft_model), *policies.items()]:
         g = torch.Generator().manual_seed(seed + 99)
-        r = rollout(pol, sft_model, rm, tok, rl_test, cfg, g)
+        r = rollout(pol, sft_model, rm, tok, rl_test, cfg, g, group=cfg.eval_group)
         final[name] = {**rollout_stats(r), "exact_match": exact_match(pol, tok, rl_test)["overall"],
+                       "top_answers": top_answers(r),
                        "samples": [{"question": e.prompt.split("\n")[1], "gold": e.answer.strip(), "answer": a}
-                                   for e, a in list(zip(r.examples, r.answers))[::cfg.rl_group][:4]]}
+                                   for e, a in list(zip(r.examples, r.answers))[::cfg.eval_group][:6]]}
         print(f"{name:>11}: reward {final[name]['reward']:+.2f}  KL {final[name]['kl']:.3f} nats  "
               f"sampled accuracy {final[name]['accuracy']:.1%}  valid {final[name]['validity']:.1%}")
 
@@ -777,6 +794,9 @@ def main(argv=None):
                    for k, v in sanity["table"].items()]
     rl_rows = [{"policy": k, "RM reward": v["reward"], "KL to SFT (nats)": v["kl"], "sampled accuracy": v["accuracy"],
                 "validity": v["validity"], "greedy exact match": v["exact_match"]} for k, v in final.items()]
+    top_rows = [{"policy": k, "most frequent sampled answers (share, mean RM reward, well-formed?)": "; ".join(
+        f"{a['answer']!r} {a['share']:.2f}, {a['mean_reward']:+.2f}, {'yes' if a['valid'] == 1 else 'no' if a['valid'] == 0 else 'mixed'}"
+        for a in v["top_answers"][:4]).replace("|", "/")} for k, v in final.items()]
     run.record_notes(
         f"Held-out exact match ({len(test)} questions, greedy decoding):\n\n{cli.markdown_table(rows)}\n\n"
         f"Per task:\n\n{cli.markdown_table(tasks)}\n\n"
@@ -786,9 +806,12 @@ def main(argv=None):
         f"Sanity checks of the match/BT reward model on {sanity['n_prompts']} held-out prompts (gold wins = share of "
         f"prompts where the gold answer scores higher than the variant):\n\n{cli.markdown_table(sanity_rows)}\n\n"
         f"Correlation of reward with answer length over all those answers: {sanity['length_corr']:+.3f}.\n\n"
-        f"RL from the SFT policy ({cfg.rl_updates} updates of {rl_batch} samples; DPO {cfg.dpo_steps} steps of "
-        f"{cfg.batch} pairs), measured on {len(rl_test)} held-out prompts x {cfg.rl_group} samples:\n\n"
-        f"{cli.markdown_table(rl_rows)}\n\nLoRA merged vs unmerged max |logit diff|: {merge_diff:.2e}. "
+        f"RL from the SFT policy ({cfg.rl_updates} updates of {rl_batch} samples at learning rate {cfg.rl_lr:g}, "
+        f"KL weight {cfg.kl_beta:g} for PPO and GRPO; DPO {cfg.dpo_steps} steps of {cfg.batch} pairs), measured on "
+        f"{len(rl_test)} held-out prompts x {cfg.eval_group} samples:\n\n"
+        f"{cli.markdown_table(rl_rows)}\n\nWhat each policy says most often on those prompts (newlines shown as \\n):\n\n"
+        f"{cli.markdown_table(top_rows)}\n\nRL cost: {timings['rl_cpu']:.0f} s CPU for the four runs "
+        f"({timings['rl']:.0f} s wall), {timings['final_eval']:.0f} s wall for the final measurements.\n\nLoRA merged vs unmerged max |logit diff|: {merge_diff:.2e}. "
         f"Chapter wall time {results['elapsed_s']:.0f} s"
         + ("." if extras is None else f" (the extras are timed below).\n\n{extras_lib.notes_markdown(extras, cli.markdown_table)}"))
     import visualize

@@ -9,6 +9,8 @@ out by hand (or by torch's own functions):
     margin_ranking_loss max(0, m - (r_good - r_bad))            the older hinge alternative
     dpo_loss            -log sigmoid(beta * (policy log-ratio margin - reference log-ratio margin))
     kl_estimates        k1 = log p - log q and k3 = (q/p) - 1 - log(q/p)   (Schulman's estimators)
+    ppo_token_rewards   -beta * k1 at every answer token, + the reward model's score on the last one
+    whiten              (A - mean) / std over the answer tokens only
     gae                 generalised advantage estimation over the tokens of an answer
     ppo_clip_loss       -min(ratio * A, clip(ratio, 1-eps, 1+eps) * A)
     grpo_advantages     (r - mean of its group) / std of its group: no value head needed
@@ -84,6 +86,28 @@ def kl_estimates(logp: torch.Tensor, logp_ref: torch.Tensor) -> dict[str, torch.
     k3 = ratio - 1 - log ratio (unbiased too, and never negative: what GRPO uses)."""
     log_ratio = logp_ref - logp
     return {"k1": -log_ratio, "k3": log_ratio.exp() - 1 - log_ratio}
+
+
+def ppo_token_rewards(score: torch.Tensor, logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor,
+                      beta: float) -> torch.Tensor:
+    """InstructGPT's per-token reward: every answer token pays beta * (log pi - log pi_ref), the
+    k1 KL estimate, and the last answer token also gets the reward model's score. Summed over an
+    answer this is score - beta * (sampled KL of the whole answer): the objective PPO maximises.
+    beta = 0 leaves only the score, and nothing holds the policy near the reference."""
+    rewards = -beta * kl_estimates(logp, logp_ref)["k1"] * mask
+    last = mask.long().cumsum(1).argmax(1)  # the first position holding the row's final count = its last answer token
+    rewards[torch.arange(len(rewards)), last] += score
+    return rewards
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over the masked entries only (padding would drag both towards 0); 0 elsewhere.
+    Whitened advantages make the step size independent of the reward's scale, and subtracting
+    the mean is a batch baseline: below-average answers are pushed down, not merely up less."""
+    m = mask.to(x.dtype)
+    mean = (x * m).sum() / m.sum()
+    std = (((x - mean) ** 2 * m).sum() / m.sum()).sqrt()
+    return (x - mean) / (std + eps) * m
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,

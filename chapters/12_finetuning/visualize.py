@@ -128,38 +128,48 @@ def reward_model(r: dict, plots_dir: Path) -> Path:
 
 # ----------------------------------------------------------------------------- 3. RL: reward vs KL
 def reward_vs_kl(r: dict, plots_dir: Path) -> Path:
+    """Reward against KL, then three curves against the update: the proxy (reward model) and the
+    two truths it cannot see. Reward hacking is the proxy rising while the truths fall."""
     curves, final = r["rl"]["curves"], r["rl"]["final"]
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8), gridspec_kw={"width_ratios": [1.4, 1, 1]})
+    fig, axes = plt.subplots(1, 4, figsize=(21, 4.8), gridspec_kw={"width_ratios": [1.3, 1, 1, 1]})
     pal = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     colors = {name: pal[i] for i, name in enumerate(RL_ORDER)}
+    k = 5 if max((len(c) for c in curves.values()), default=0) >= 12 else 3  # each point is one small batch: smooth
     ax = axes[0]
     for name in RL_ORDER:
         c = curves.get(name)
         if not c:
             continue
-        kl, rew = _smooth([p["kl"] for p in c], 3), _smooth([p["reward"] for p in c], 3)
+        kl, rew = _smooth([p["kl"] for p in c], k), _smooth([p["reward"] for p in c], k)
         ax.plot(kl, rew, "-", color=colors[name], alpha=0.6, lw=1.2)
         ax.scatter(kl[-1], rew[-1], marker=MARKERS[name], color=colors[name], s=70, zorder=3, label=name)
         ax.scatter(final[name]["kl"], final[name]["reward"], marker=MARKERS[name], facecolor="none",
                    edgecolor=colors[name], s=120, lw=1.5, zorder=3)
     ax.scatter(final["SFT"]["kl"], final["SFT"]["reward"], marker="*", color="black", s=150, zorder=4,
-               label="SFT (start)")
+               label="SFT, held-out")
     ax.set_xlabel("KL(policy || SFT) per answer, nats")
     ax.set_ylabel("reward-model score")
-    ax.set_title("reward vs KL\n(line: training, filled: last update, hollow: held-out)", fontsize=11)
+    ax.set_title(f"reward vs KL (KL weight {r['rl'].get('kl_beta', '?')})\n"
+                 "(line: training batches, filled: end, hollow: held-out)", fontsize=11)
     ax.legend(fontsize=8)
-    for ax, key, label in ((axes[1], "accuracy", "sampled answers that are correct"),
-                           (axes[2], "validity", "sampled answers that are well-formed")):
+    for ax, key, label, title in (
+            (axes[1], "reward", "reward-model score (the proxy)", "reward during RL\n(what the policy optimises)"),
+            (axes[2], "accuracy", "sampled answers that are correct", "accuracy during RL\n(the truth, unseen by RL)"),
+            (axes[3], "validity", "sampled answers that are well-formed", "validity during RL\n(the truth, unseen by RL)")):
         for name in RL_ORDER:
             c = curves.get(name)
             if c:
-                ax.plot([p["step"] for p in c], _smooth([p[key] for p in c], 3), marker=MARKERS[name],
-                        markersize=4, color=colors[name], label=name)
-        ax.set_ylim(-0.05, 1.05)
+                steps, vals = [p["step"] for p in c], [p[key] for p in c]
+                ax.plot(steps, vals, color=colors[name], alpha=0.15, lw=1)
+                ax.plot(steps, _smooth(vals, k), marker=MARKERS[name], markersize=4, color=colors[name], label=name)
+        ax.axhline(final["SFT"][key], ls=":", color="k", lw=1)   # where the SFT policy sits on held-out prompts
+        if key != "reward":
+            ax.set_ylim(-0.05, 1.05)
         ax.set_xlabel("update (DPO: step)")
         ax.set_ylabel(label)
-        ax.set_title(f"{key} during RL\n(vs the truth, not the reward model)", fontsize=11)
+        ax.set_title(title, fontsize=11)
     axes[1].legend(fontsize=8)
+    fig.tight_layout()
     return plotting.save_fig(fig, plots_dir, "reward_vs_kl")
 
 
@@ -173,6 +183,12 @@ def generations(r: dict, plots_dir: Path) -> Path:
     for s in show:
         lines.append(f"  {s['question']}  gold: {s['gold']!r}")
         lines.append(f"      base: {s['before'][:40]!r}   SFT: {s.get('after_sft', '')!r}   LoRA: {s.get('after_lora', '')!r}")
+    lines.append("")
+    lines.append("What each policy says most often on the held-out prompts (share of samples, mean reward, well-formed?):")
+    for n in names:
+        top = final[n].get("top_answers", [])[:4]
+        lines.append(f"  {n:>11}: " + "   ".join(f"{a['answer']!r} {a['share']:.0%} {a['mean_reward']:+.1f}"
+                                                 f"{'' if a['valid'] == 1 else ' (ill-formed)'}" for a in top))
     lines.append("")
     lines.append("RL policies, one sample each (temperature 1) on held-out prompts:")
     for i, s in enumerate(samples):
