@@ -323,7 +323,7 @@ def test_main_quick_end_to_end(tmp_path):
     assert {p.name for p in (tmp_path / "plots" / CH).glob("*.png")} == pngs
 
 
-@pytest.mark.parametrize("args", [["--steps", "0"], ["--text", "english"]])
+@pytest.mark.parametrize("args", [["--steps", "0"], ["--batch-size", "0"], ["--text", "english"]])
 def test_bad_input_exits_2_with_one_error_line(tmp_path, args):
     r = run_script(CH, "main.py", "--quick", "--out", tmp_path, *args)
     assert r.returncode == 2
