@@ -246,6 +246,38 @@ def test_dpo_loss_by_hand():
     assert O.dpo_loss(pg, pb, pg, pb)[0].item() == pytest.approx(math.log(2), rel=1e-6)
 
 
+def test_dpo_implicit_reward_by_hand():
+    # beta * (log pi - log pi_ref): 0.5 * (-1 - -2) = 0.5 and 0.5 * (-3 - -2.5) = -0.25
+    r = O.dpo_implicit_reward(torch.tensor([-1.0, -3.0]), torch.tensor([-2.0, -2.5]), beta=0.5)
+    assert r.tolist() == pytest.approx([0.5, -0.25])
+    # the DPO margin is exactly chosen's implicit reward minus rejected's
+    pg, pb, rg, rb = torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.5])
+    assert O.dpo_loss(pg, pb, rg, rb, beta=0.5)[1].item() == pytest.approx(0.5 - -0.25)
+
+
+def test_dpo_log_ratios_see_both_answers_fall():
+    """The failure the log exists to show: margin up, yet chosen and rejected both lose probability."""
+    ref_good, ref_bad = torch.tensor([-2.0, -1.0]), torch.tensor([-3.0, -2.0])
+    good, bad = ref_good - torch.tensor([1.0, 2.0]), ref_bad - torch.tensor([4.0, 1.0])
+    d = m.dpo_log_ratios(good, bad, ref_good, ref_bad)
+    assert d["chosen"] == pytest.approx(-1.5) and d["rejected"] == pytest.approx(-2.5)
+    assert d["margin"] == pytest.approx(1.0)
+    assert d["accuracy"] == pytest.approx(0.5)   # pair 1: -1 > -4 right; pair 2: -2 > -1 wrong
+
+
+def test_dpo_batch_logps_sum_the_answer_and_its_newline():
+    """Summed log p over the answer tokens *and* the newline that ends them, prompt masked: by hand."""
+    t, model = tok(), tiny_gpt()
+    pair = {"prompt": "Story: Owl.\nAnswer:", "chosen": " Owl", "rejected": " Roo"}
+    good, bad = m.dpo_batch_logps(model, t, [pair])
+    for got, answer in ((good, " Owl\n"), (bad, " Roo\n")):
+        ids = t.encode(pair["prompt"] + answer)
+        logp = model(torch.tensor([ids[:-1]]))[0].log_softmax(-1)
+        n = len(pair["prompt"])
+        by_hand = sum(logp[i - 1, ids[i]].item() for i in range(n, len(ids)))   # exactly len(answer) terms
+        assert got.item() == pytest.approx(by_hand, rel=1e-5)
+
+
 # ----------------------------------------------------------------------------- PPO pieces
 def test_ppo_clip_by_hand():
     logp_old = torch.zeros(1, 4)
@@ -483,6 +515,12 @@ def test_quick_run_results(quick_run):
     assert set(rm["sanity"]["table"]) == set(m.CORRUPTIONS)
     assert -1.0 <= rm["sanity"]["length_corr"] <= 1.0
     assert len(rm["losses"]) == res["config"]["rm_epochs"]
+    dpo = res["rl"]["dpo"]
+    assert [p["step"] for p in dpo["log"]] == list(range(res["config"]["dpo_steps"]))
+    assert dpo["log"][0]["chosen"] == pytest.approx(0.0, abs=1e-4)   # step 0: the policy is still the reference
+    assert dpo["log"][0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert 0.0 <= dpo["heldout"]["accuracy"] <= 1.0 and dpo["n_heldout"] == res["data"]["pairs_test"]
+    assert (out / "plots" / CHAPTER / "dpo_logratios.png").exists()
 
 
 def test_visualize_redraws(quick_run):
@@ -531,6 +569,12 @@ def test_bad_rl_lr_exits_2(tmp_path):
     r = run_script(CHAPTER, "main.py", "--quick", "--rl-lr", "0", "--out", tmp_path)
     assert r.returncode == 2
     assert [line for line in r.stderr.splitlines() if line.strip()] == ["error: --rl-lr must be between 0 and 1, got 0.0"]
+
+
+def test_bad_dpo_lr_exits_2(tmp_path):
+    r = run_script(CHAPTER, "main.py", "--quick", "--dpo-lr", "1.5", "--out", tmp_path)
+    assert r.returncode == 2
+    assert [line for line in r.stderr.splitlines() if line.strip()] == ["error: --dpo-lr must be between 0 and 1, got 1.5"]
 
 
 def test_bad_rl_updates_exits_2_before_any_work(tmp_path):

@@ -64,8 +64,8 @@ class Config:
     rm_lr: float = 3e-3
     rm_d_key: int = 8             # width of the match head's query/key
     dpo_steps: int = 30
-    dpo_beta: float = 0.1
-    dpo_lr: float = 3e-4
+    dpo_beta: float = 0.3         # under AdamW beta barely changes the step, only when the sigmoid saturates
+    dpo_lr: float = 3e-5          # 3e-4 pushed the chosen answers down with the rejected, by nats (notes.md's sweep)
     rl_updates: int = 24
     rl_prompts: int = 2           # prompts per update
     rl_group: int = 8             # sampled answers per prompt (GRPO's group; PPO uses the same batch)
@@ -560,6 +560,8 @@ def run_rl(method: str, sft_model: GPT, rm: RewardModel, tok, prompts: list[Exam
 
 
 def dpo_batch_logps(model: GPT, tok, pairs: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log p of each pair's chosen and rejected answer, newline included (it is the token
+    that ends the answer, and a policy that forgets to stop should pay for it); prompt masked."""
     prompts = [p["prompt"] for p in pairs]
     answers = [p["chosen"] + END for p in pairs] + [p["rejected"] + END for p in pairs]
     rows, labels = zip(*(obj.sft_example(tok.encode(pr), tok.encode(a)) for pr, a in zip(prompts + prompts, answers)))
@@ -568,15 +570,37 @@ def dpo_batch_logps(model: GPT, tok, pairs: list[dict]) -> tuple[torch.Tensor, t
     return logp[:len(pairs)], logp[len(pairs):]
 
 
+def dpo_log_ratios(good, bad, ref_good, ref_bad) -> dict:
+    """Mean log pi/pi_ref (nats per answer) of the chosen and of the rejected answers, and the
+    share of pairs the policy's implicit reward ranks right: the numbers that say *how* the DPO
+    margin grew (chosen up, or both down with the rejected faster)."""
+    chosen, rejected = good - ref_good, bad - ref_bad
+    return {"chosen": chosen.mean().item(), "rejected": rejected.mean().item(),
+            "margin": (chosen - rejected).mean().item(), "accuracy": (chosen > rejected).float().mean().item()}
+
+
+@torch.no_grad()
+def dpo_heldout(policy: GPT, tok, pairs: list[dict], ref_good, ref_bad, batch: int = 48) -> dict:
+    """`dpo_log_ratios` on held-out pairs (reference log-probs computed once by the caller)."""
+    policy.eval()
+    out = [dpo_batch_logps(policy, tok, pairs[i:i + batch]) for i in range(0, len(pairs), batch)]
+    good, bad = torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
+    return {**dpo_log_ratios(good, bad, ref_good, ref_bad), "logp_accuracy": (good > bad).float().mean().item()}
+
+
 def run_dpo(sft_model: GPT, rm: RewardModel, tok, pairs: list[dict], prompts: list[Example], cfg: Config,
-            seed: int) -> tuple[GPT, list[dict], list[float]]:
+            seed: int) -> tuple[GPT, list[dict], list[dict]]:
     """DPO trains on the preference pairs directly; the reward model is used only to *measure*
-    the policy (every `probe_every` steps, on fresh samples), so its curve sits on the PPO plot."""
+    the policy (every `probe_every` steps, on fresh samples), so its curve sits on the PPO plot.
+    Returns the policy, the probe curve and a per-step log of the training batch's loss and
+    chosen/rejected log-ratios (measured before that step's update)."""
+    # the reference is frozen: it runs in eval mode under no_grad, and only the copy's parameters
+    # are handed to the optimiser
     policy, ref = copy.deepcopy(sft_model), sft_model.eval()
     draw = batch_sampler(pairs, cfg.batch, seed)
     draw_prompts = batch_sampler(prompts, cfg.rl_prompts, seed + 1)
     g = torch.Generator().manual_seed(seed)
-    curve, margins = [], []
+    curve, log = [], []
 
     def probe(step):
         curve.append({"step": step, **rollout_stats(rollout(policy, ref, rm, tok, draw_prompts(), cfg, g))})
@@ -588,13 +612,14 @@ def run_dpo(sft_model: GPT, rm: RewardModel, tok, pairs: list[dict], prompts: li
         batch = draw()
         with torch.no_grad():
             ref_good, ref_bad = dpo_batch_logps(ref, tok, batch)
-        loss, margin = obj.dpo_loss(*dpo_batch_logps(policy, tok, batch), ref_good, ref_bad, cfg.dpo_beta)
-        margins.append(margin.mean().item())
+        good, bad = dpo_batch_logps(policy, tok, batch)
+        loss, _ = obj.dpo_loss(good, bad, ref_good, ref_bad, cfg.dpo_beta)
+        log.append({"step": step, "loss": loss.item(), **dpo_log_ratios(good.detach(), bad.detach(), ref_good, ref_bad)})
         return loss
     policy.train()
-    losses = optimise(policy.parameters(), loss_fn, cfg.dpo_steps, cfg.dpo_lr, "dpo")
+    optimise(policy.parameters(), loss_fn, cfg.dpo_steps, cfg.dpo_lr, "dpo")
     probe(cfg.dpo_steps)
-    return policy.eval(), curve, losses
+    return policy.eval(), curve, log
 
 
 # ============================================================================= the lesson
@@ -606,6 +631,8 @@ def main(argv=None):
     p.add_argument("--rl-updates", type=int, default=None,
                    help="PPO/GRPO updates (DPO takes twice as many steps); default: the preset's")
     p.add_argument("--rl-lr", type=float, default=None, help="PPO/GRPO learning rate; default: the preset's")
+    p.add_argument("--dpo-lr", type=float, default=None, help="DPO learning rate (what to break: 3e-4); default: the preset's")
+    p.add_argument("--dpo-beta", type=float, default=None, help="DPO's beta; default: the preset's")
     p.add_argument("--extras", action="store_true",
                    help="also run the extras: mood classification fine-tuning and SFT curriculum ordering")
     run = cli.setup(p, argv)
@@ -615,6 +642,10 @@ def main(argv=None):
         raise WorkbookError(f"--kl-beta must be >= 0, got {run.args.kl_beta}")
     if run.args.rl_lr is not None and not 0 < run.args.rl_lr < 1:
         raise WorkbookError(f"--rl-lr must be between 0 and 1, got {run.args.rl_lr}")
+    if run.args.dpo_lr is not None and not 0 < run.args.dpo_lr < 1:
+        raise WorkbookError(f"--dpo-lr must be between 0 and 1, got {run.args.dpo_lr}")
+    if run.args.dpo_beta is not None and run.args.dpo_beta <= 0:
+        raise WorkbookError(f"--dpo-beta must be > 0, got {run.args.dpo_beta}")
     if run.args.rl_updates is not None and run.args.rl_updates < 1:
         raise WorkbookError(f"--rl-updates must be at least 1, got {run.args.rl_updates}")
     cfg = presets(run)
@@ -623,6 +654,8 @@ def main(argv=None):
         cfg.rl_updates, cfg.dpo_steps = run.args.rl_updates, 2 * run.args.rl_updates
     if run.args.rl_lr is not None:
         cfg.rl_lr = run.args.rl_lr
+    cfg.dpo_lr = cfg.dpo_lr if run.args.dpo_lr is None else run.args.dpo_lr
+    cfg.dpo_beta = cfg.dpo_beta if run.args.dpo_beta is None else run.args.dpo_beta
     cfg.lora_alpha = 2.0 * cfg.lora_rank
     seed = run.seed
     t_start = time.perf_counter()
@@ -714,8 +747,8 @@ def main(argv=None):
     variants = {"match, BT": {"accuracy": rm_acc, "train_accuracy": rm_accuracy(rm, feats_train, pairs_train)["overall"],
                               "losses": rm_losses}, **variants}
     with torch.no_grad():  # does the SFT policy itself rank the pairs? (DPO's implicit reward starts here)
-        good, bad = dpo_batch_logps(sft_model, tok, pairs_test)
-    sft_logp_acc = (good > bad).float().mean().item()
+        sft_good, sft_bad = dpo_batch_logps(sft_model, tok, pairs_test)
+    sft_logp_acc = (sft_good > sft_bad).float().mean().item()
     sanity = sanity_checks(rm, tok, pairs_test[::max(1, len(pairs_test) // 32)])
     for name, v in variants.items():
         print(f"  {name:>15}: held-out {v['accuracy']['overall']:.1%} (train {v['train_accuracy']:.1%})")
@@ -731,7 +764,9 @@ def main(argv=None):
     policies = {}
     for name, method, beta in (("PPO", "ppo", cfg.kl_beta), ("PPO, no KL", "ppo", 0.0), ("GRPO", "grpo", cfg.kl_beta)):
         policies[name], runs[name] = run_rl(method, sft_model, rm, tok, rl_prompts, cfg, seed + 11, beta)
-    policies["DPO"], runs["DPO"], dpo_losses = run_dpo(sft_model, rm, tok, pairs_train, rl_prompts, cfg, seed + 11)
+    policies["DPO"], runs["DPO"], dpo_log = run_dpo(sft_model, rm, tok, pairs_train, rl_prompts, cfg, seed + 11)
+    # DPO's own measure, on the held-out pairs (the reference's log-probs are section 4's)
+    dpo_held = dpo_heldout(policies["DPO"], tok, pairs_test, sft_good, sft_bad)
 
     timings["rl"], t0 = time.perf_counter() - t0, time.perf_counter()
     timings["rl_cpu"] = time.process_time() - cpu0
@@ -777,7 +812,9 @@ def main(argv=None):
                  "full_params": sum(p.numel() for p in grown.parameters()), "merge_max_abs_diff": merge_diff},
         "reward_model": {"accuracy": rm_acc, "losses": rm_losses, "variants": variants,
                          "sft_logp_accuracy": sft_logp_acc, "sanity": sanity},
-        "rl": {"curves": runs, "final": final, "dpo_losses": dpo_losses, "kl_beta": cfg.kl_beta},
+        "rl": {"curves": runs, "final": final, "kl_beta": cfg.kl_beta,
+               "dpo": {"log": dpo_log, "heldout": dpo_held, "n_heldout": len(pairs_test), "lr": cfg.dpo_lr,
+                       "beta": cfg.dpo_beta}},
         "elapsed_s": elapsed_main, "timings_s": timings,   # elapsed_s: the main part (extras: timings_s)
     }
     if extras is not None:
@@ -794,6 +831,8 @@ def main(argv=None):
                    for k, v in sanity["table"].items()]
     rl_rows = [{"policy": k, "RM reward": v["reward"], "KL to SFT (nats)": v["kl"], "sampled accuracy": v["accuracy"],
                 "validity": v["validity"], "greedy exact match": v["exact_match"]} for k, v in final.items()]
+    dpo_row = {"chosen log-ratio": dpo_held["chosen"], "rejected log-ratio": dpo_held["rejected"],
+               "implicit reward ranks right": dpo_held["accuracy"], "log p ranks right (SFT: above)": dpo_held["logp_accuracy"]}
     top_rows = [{"policy": k, "most frequent sampled answers (share, mean RM reward, well-formed?)": "; ".join(
         f"{a['answer']!r} {a['share']:.2f}, {a['mean_reward']:+.2f}, {'yes' if a['valid'] == 1 else 'no' if a['valid'] == 0 else 'mixed'}"
         for a in v["top_answers"][:4]).replace("|", "/")} for k, v in final.items()]
@@ -810,7 +849,9 @@ def main(argv=None):
         f"KL weight {cfg.kl_beta:g} for PPO and GRPO; DPO {cfg.dpo_steps} steps of {cfg.batch} pairs), measured on "
         f"{len(rl_test)} held-out prompts x {cfg.eval_group} samples:\n\n"
         f"{cli.markdown_table(rl_rows)}\n\nWhat each policy says most often on those prompts (newlines shown as \\n):\n\n"
-        f"{cli.markdown_table(top_rows)}\n\nRL cost: {timings['rl_cpu']:.0f} s CPU for the four runs "
+        f"{cli.markdown_table(top_rows)}\n\n"
+        f"DPO (learning rate {cfg.dpo_lr:g}, beta {cfg.dpo_beta:g}) on the {len(pairs_test)} held-out preference pairs, "
+        f"log pi/pi_ref per answer in nats:\n\n{cli.markdown_table([dpo_row])}\n\nRL cost: {timings['rl_cpu']:.0f} s CPU for the four runs "
         f"({timings['rl']:.0f} s wall), {timings['final_eval']:.0f} s wall for the final measurements.\n\nLoRA merged vs unmerged max |logit diff|: {merge_diff:.2e}. "
         f"Chapter wall time {results['elapsed_s']:.0f} s"
         + ("." if extras is None else f" (the extras are timed below).\n\n{extras_lib.notes_markdown(extras, cli.markdown_table)}"))

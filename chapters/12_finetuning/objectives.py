@@ -7,6 +7,7 @@ out by hand (or by torch's own functions):
     token_logprobs      log p(label) at every scored position (0 where the label is -100)
     bradley_terry_loss  -log sigmoid(r_good - r_bad)           the reward model's loss
     margin_ranking_loss max(0, m - (r_good - r_bad))            the older hinge alternative
+    dpo_implicit_reward beta * (log pi(answer) - log pi_ref(answer)): the reward DPO's policy defines
     dpo_loss            -log sigmoid(beta * (policy log-ratio margin - reference log-ratio margin))
     kl_estimates        k1 = log p - log q and k3 = (q/p) - 1 - log(q/p)   (Schulman's estimators)
     ppo_token_rewards   -beta * k1 at every answer token, + the reward model's score on the last one
@@ -69,13 +70,21 @@ def margin_ranking_loss(r_good: torch.Tensor, r_bad: torch.Tensor, margin: float
 
 
 # ----------------------------------------------------------------------------- DPO
+def dpo_implicit_reward(policy_logp: torch.Tensor, ref_logp: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
+    """The reward a DPO policy implies for an answer: beta * log(pi / pi_ref), from summed answer
+    log-probs. It is 0 for every answer at the start (pi = pi_ref), and the loss only sees the
+    difference between chosen and rejected, so *both* may go negative: the margin grows while the
+    policy moves probability to answers that are in neither column."""
+    return beta * (policy_logp - ref_logp)
+
+
 def dpo_loss(policy_good: torch.Tensor, policy_bad: torch.Tensor, ref_good: torch.Tensor, ref_bad: torch.Tensor,
              beta: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
     """Direct Preference Optimisation (Rafailov et al. 2023). Arguments are summed answer
     log-probs. The policy's implicit reward is beta * log(pi / pi_ref); the loss is the
     Bradley-Terry loss of those implicit rewards, so no reward model and no sampling.
     Returns (loss, implicit reward margin per pair)."""
-    margin = beta * ((policy_good - ref_good) - (policy_bad - ref_bad))
+    margin = dpo_implicit_reward(policy_good, ref_good, beta) - dpo_implicit_reward(policy_bad, ref_bad, beta)
     return -F.logsigmoid(margin).mean(), margin.detach()
 
 

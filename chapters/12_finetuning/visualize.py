@@ -23,6 +23,8 @@ def draw(results_path: Path, plots_dir: Path, animations_dir: Path | None = None
     plotting.use_style()
     paths = [sft_and_lora(r, plots_dir), reward_model(r, plots_dir), reward_vs_kl(r, plots_dir),
              generations(r, plots_dir)]
+    if "dpo" in r["rl"]:  # results from before the DPO log was saved have no per-step log-ratios
+        paths.append(dpo_logratios(r, plots_dir))
     if "extras" in r:  # only runs made with --extras have them
         paths += [extras_classification(r["extras"], plots_dir), extras_curriculum(r["extras"], plots_dir)]
     return paths
@@ -171,6 +173,41 @@ def reward_vs_kl(r: dict, plots_dir: Path) -> Path:
     axes[1].legend(fontsize=8)
     fig.tight_layout()
     return plotting.save_fig(fig, plots_dir, "reward_vs_kl")
+
+
+# ----------------------------------------------------------------------------- 3b. DPO's log-ratios
+def dpo_logratios(r: dict, plots_dir: Path) -> Path:
+    """Where DPO's margin comes from: log pi/pi_ref of the chosen and the rejected answers. The loss
+    only sees their difference, so a growing margin can hide both falling (probability moved to
+    answers that are in neither column)."""
+    d = r["rl"]["dpo"]
+    log, held = d["log"], d["heldout"]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.4), gridspec_kw={"width_ratios": [1.7, 1]})
+    ax = axes[0]
+    steps = [p["step"] for p in log]
+    for key, color, label in (("chosen", "C2", "chosen (true answer)"), ("rejected", "C3", "rejected (wrong answer)")):
+        vals = [p[key] for p in log]
+        ax.plot(steps, vals, color=color, alpha=0.25, lw=1)
+        ax.plot(steps, _smooth(vals), color=color, marker="o", markersize=3, label=label)
+    ax.plot(steps, _smooth([p["margin"] for p in log]), color="k", ls="--", lw=1, label="margin (chosen - rejected)")
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set_xlabel("DPO step (each: a batch of training pairs, measured before its update)")
+    ax.set_ylabel("log pi(answer) - log pi_ref(answer), nats")
+    ax.set_title(f"DPO on training batches (lr {d['lr']:g}, beta {d['beta']:g})\n"
+                 "the margin may grow while both answers lose probability", fontsize=11)
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    bars = ax.bar(["chosen", "rejected"], [held["chosen"], held["rejected"]], color=["C2", "C3"], alpha=0.8)
+    for b, v in zip(bars, (held["chosen"], held["rejected"])):
+        ax.annotate(f"{v:+.2f}", (b.get_x() + b.get_width() / 2, v), xytext=(0, 3 if v >= 0 else -12),
+                    textcoords="offset points", ha="center", fontsize=9)
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set_ylabel("mean log pi/pi_ref at the end, nats")
+    sft_acc = r["reward_model"].get("sft_logp_accuracy")
+    ax.set_title(f"{d['n_heldout']} held-out pairs: implicit reward ranks {held['accuracy']:.0%} right\n"
+                 f"(SFT's own log p ranks {sft_acc:.0%}; chance 50%)", fontsize=11)
+    fig.tight_layout()
+    return plotting.save_fig(fig, plots_dir, "dpo_logratios")
 
 
 # ----------------------------------------------------------------------------- 4. example generations
