@@ -194,7 +194,7 @@ def qat(model, data, run, spec: QuantSpec, steps: int) -> tuple[torch.nn.Module,
 
 
 def finetune_config(run, steps: int) -> TrainConfig:
-    return TrainConfig(steps=steps, batch_size=run.pick(8, 16, 32), seq_len=run.pick(128, 256, 1024), lr=1e-3,
+    return TrainConfig(steps=steps, batch_size=run.pick(8, 8, 32), seq_len=run.pick(128, 256, 1024), lr=1e-3,
                        warmup=max(1, steps // 10), eval_every=0, eval_batches=2, aligned=True, seed=run.seed + 14)
 
 
