@@ -48,6 +48,17 @@ GROUPS = (("qkv", ("attn.q_proj", "attn.k_proj", "attn.v_proj"), "attn", "attn_n
 NO_CLIP = ("attn.q_proj", "attn.k_proj")
 
 
+def run_hooked(model, batches: list[torch.Tensor], hooks) -> None:
+    """Run the calibration batches through `model` so its hooks record what they see; the
+    hooks are removed afterwards, even if the forward fails."""
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 @torch.no_grad()
 def collect_inputs(model, batches: list[torch.Tensor], max_rows: int = 4096) -> dict[str, torch.Tensor]:
     """The input activations of every block linear on calibration tokens: {name: (rows, in)}."""
@@ -58,12 +69,7 @@ def collect_inputs(model, batches: list[torch.Tensor], max_rows: int = 4096) -> 
             hooks.append(m.register_forward_hook(
                 lambda mod, inp, out, name=name: seen.setdefault(name, []).append(
                     rearrange(inp[0].detach().float(), "b t d -> (b t) d"))))
-    try:
-        for x in batches:
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    run_hooked(model, batches, hooks)
     g = torch.Generator().manual_seed(0)
     out = {}
     for name, xs in seen.items():
@@ -89,12 +95,7 @@ def block_inputs(model, batches: list[torch.Tensor]) -> tuple[list[torch.Tensor]
         return hook
 
     hooks = [b.register_forward_pre_hook(grab(i), with_kwargs=True) for i, b in enumerate(model.blocks)]
-    try:
-        for x in batches:
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    run_hooked(model, batches, hooks)
     return [torch.cat(seen[i]) for i in range(len(model.blocks))], kwargs
 
 
