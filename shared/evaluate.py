@@ -16,19 +16,20 @@ from shared.corpus import Story
 
 
 @torch.no_grad()
-def story_loss(model, tokenizer, stories: list[Story], device="cpu", batch_size: int = 32,
-               max_len: int | None = None) -> dict:
-    """Model loss (nats/char) on `stories` and the exact floor on the same stories.
-    Stories that don't fit the model's context are skipped (and counted)."""
+def story_nats(model, tokenizer, stories: list[Story], device="cpu", batch_size: int = 32,
+               max_len: int | None = None) -> tuple[torch.Tensor, list[int]]:
+    """The model's summed nats on each story that fits its context (float64, one per kept
+    story), and the indices of those stories. Per-story numbers let two models be compared
+    story by story (a paired comparison); `story_loss` sums them."""
     model.eval()
     max_len = max_len or model.cfg.block_size
     seqs, kept = [], []
-    for st in stories:
+    for i, st in enumerate(stories):
         ids = tokenizer.encode("\n" + st.text)  # the newline is context, the story is scored
         if len(ids) <= max_len + 1:
             seqs.append(ids)
-            kept.append(st)
-    total_nats, chars = 0.0, 0
+            kept.append(i)
+    nats = []
     for i in range(0, len(seqs), batch_size):
         chunk = seqs[i:i + batch_size]
         width = max(len(s) for s in chunk) - 1
@@ -38,9 +39,19 @@ def story_loss(model, tokenizer, stories: list[Story], device="cpu", batch_size:
             x[r, :len(s) - 1] = torch.tensor(s[:-1])
             y[r, :len(s) - 1] = torch.tensor(s[1:])
         logits = model(x.to(device)).float()
-        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), y.to(device).reshape(-1),
-                                                ignore_index=-100, reduction="sum")
-        total_nats += nll.item()
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y.to(device), ignore_index=-100,
+                                                reduction="none")
+        nats.append(nll.sum(dim=1).double().cpu())
+    return (torch.cat(nats) if nats else torch.zeros(0, dtype=torch.float64)), kept
+
+
+def story_loss(model, tokenizer, stories: list[Story], device="cpu", batch_size: int = 32,
+               max_len: int | None = None) -> dict:
+    """Model loss (nats/char) on `stories` and the exact floor on the same stories.
+    Stories that don't fit the model's context are skipped (and counted)."""
+    nats, idx = story_nats(model, tokenizer, stories, device, batch_size, max_len)
+    kept = [stories[i] for i in idx]
+    total_nats = float(nats.sum())
     chars = sum(len(st.text) for st in kept)
     floor = sum(-st.log2_prob() for st in kept) * math.log(2)
     return {"model_nats_per_char": total_nats / max(chars, 1), "floor_nats_per_char": floor / max(chars, 1),

@@ -217,7 +217,7 @@ def test_clipping_never_increases_a_groups_error(group):
     torch.testing.assert_close(real, err, rtol=1e-4, atol=1e-9)
 
 
-def test_story_nats_matches_story_loss_and_paired_difference():
+def test_per_story_matches_story_loss_and_paired_difference():
     from shared.corpus import HundredAcreWood
     from shared.evaluate import story_loss
 
@@ -225,7 +225,7 @@ def test_story_nats_matches_story_loss_and_paired_difference():
     tok = CharTokenizer.from_text("\n" + "".join(st.text for st in stories))
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, d_model=32, block_size=512, pos="rope",
                           norm="rmsnorm", activation="swiglu")).eval()
-    nats, chars, kept = main.story_nats(model, tok, stories, "cpu", batch_size=5)
+    nats, chars, kept = main.per_story(model, tok, stories, "cpu")
     ref = story_loss(model, tok, stories, "cpu")
     assert len(kept) == ref["stories"] > 0
     assert float(nats.sum() / chars.sum()) == pytest.approx(ref["model_nats_per_char"], rel=1e-5)

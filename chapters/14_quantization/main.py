@@ -21,7 +21,7 @@ from quantizers import QuantSpec
 from shared import bench, cli, gguf_export, paths, stacks, zoo
 from shared.corpus import HundredAcreWood
 from shared.errors import StackMissing, WorkbookError
-from shared.evaluate import story_loss
+from shared.evaluate import story_loss, story_nats
 from shared.train import TrainConfig, estimate_seconds, train
 
 
@@ -31,27 +31,11 @@ def quality(model, tok, stories, device) -> float:
     return story_loss(model, tok, stories, device)["model_nats_per_char"]
 
 
-@torch.no_grad()
-def story_nats(model, tok, stories, device, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Summed nats and characters PER STORY (as `story_loss` scores them: each story after a
-    newline, stories longer than the context skipped), and the indices of the stories kept.
-    Per-story numbers let two models be compared story by story (a paired comparison)."""
-    model.eval()
-    kept = [i for i, st in enumerate(stories) if len(tok.encode("\n" + st.text)) <= model.cfg.block_size + 1]
-    nats = []
-    for i in range(0, len(kept), batch_size):
-        seqs = [tok.encode("\n" + stories[j].text) for j in kept[i:i + batch_size]]
-        width = max(len(q) for q in seqs) - 1
-        x = torch.zeros(len(seqs), width, dtype=torch.long)
-        y = torch.full((len(seqs), width), -100, dtype=torch.long)
-        for r, q in enumerate(seqs):
-            x[r, :len(q) - 1], y[r, :len(q) - 1] = torch.tensor(q[:-1]), torch.tensor(q[1:])
-        logits = model(x.to(device)).float()
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y.to(device), ignore_index=-100,
-                                                reduction="none")
-        nats.append(nll.sum(dim=1).double().cpu())
-    chars = torch.tensor([len(stories[j].text) for j in kept], dtype=torch.float64)
-    return torch.cat(nats), chars, kept
+def per_story(model, tok, stories, device) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Summed nats and characters PER STORY (as `story_loss` scores them), and the indices of
+    the stories kept: per-story numbers let two models be compared story by story."""
+    nats, kept = story_nats(model, tok, stories, device)
+    return nats, torch.tensor([len(stories[j].text) for j in kept], dtype=torch.float64), kept
 
 
 def paired_difference(a: torch.Tensor, b: torch.Tensor, chars: torch.Tensor) -> tuple[float, float]:
@@ -148,21 +132,21 @@ def awq_vs_rtn(model, tok, calib, stories, n_table: int, configs, run) -> tuple[
     stories (the first `n_table` are the PTQ table's). The first config also gets AWQ with scales
     only (no clipping), to show what each half of AWQ does. Returns the rows, AWQ's search
     reports, and the AWQ float models (reused by the QAT section and the export)."""
-    fp32, chars, kept = story_nats(model, tok, stories, run.device)
+    fp32, chars, kept = per_story(model, tok, stories, run.device)
     in_table = torch.tensor([j < n_table for j in kept])
     rows, reports, folded_models = [], {}, {}
     for k, (gran, bits) in enumerate(tqdm(configs, desc="AWQ vs RTN", leave=False)):
         spec = QuantSpec(bits, False, gran)
-        rtn, _, _ = story_nats(Q.quantize_model(model, spec), tok, stories, run.device)
+        rtn, _, _ = per_story(Q.quantize_model(model, spec), tok, stories, run.device)
         folded, rep = awq.apply_awq(model, calib, spec, grid=run.args.awq_grid)
-        ours, _, _ = story_nats(Q.quantize_model(folded, spec), tok, stories, run.device)
+        ours, _, _ = per_story(Q.quantize_model(folded, spec), tok, stories, run.device)
         key = f"{spec.label.split()[-1]} int{bits}"
         folded_models[(gran, bits)], reports[key] = folded, rep
         row = {"granularity": spec.label.split()[-1], "bits": bits, "weights_per_scale": _per_scale(model, gran),
                "rtn_vs_fp32": paired_difference(rtn, fp32, chars)[0], "awq_vs_fp32": paired_difference(ours, fp32, chars)[0]}
         if k == 0:   # the ablation: the same scales, no clipping
             scaled, _ = awq.apply_awq(model, calib, spec, grid=run.args.awq_grid, clip=False)
-            only, _, _ = story_nats(Q.quantize_model(scaled, spec), tok, stories, run.device)
+            only, _, _ = per_story(Q.quantize_model(scaled, spec), tok, stories, run.device)
             row["awq_scales_only_vs_fp32"] = paired_difference(only, fp32, chars)[0]
         row["awq_minus_rtn"], row["awq_minus_rtn_se"] = paired_difference(ours, rtn, chars)
         row["awq_minus_rtn_table_stories"] = paired_difference(ours[in_table], rtn[in_table], chars[in_table])[0]
