@@ -141,6 +141,32 @@ def test_predictor_choice_uses_the_ladder_only_and_finds_the_true_form():
     assert val["chosen"] == "power_law" and val["mean_abs_error"]["power_law"] < 1e-9
 
 
+def test_fast_drop_rule_keeps_slow_runs_only():
+    cfg = main.Config(sizes=[], held_out=None, steps=100)                # drop_ratio 1.2
+    run = lambda *losses: {"curve": [{"loss": x} for x in losses], "final_loss": losses[-1]}
+    assert main.past_fast_drop(run(0.24, 0.22), cfg)                   # fell 9% over the last 30%: slow regime
+    assert not main.past_fast_drop(run(0.30, 0.22), cfg)               # fell 36%: still dropping
+    assert not main.past_fast_drop(run(0.22), cfg)                     # one point says nothing about the slope
+    cfg.drop_ratio = 1.5
+    assert main.past_fast_drop(run(0.30, 0.22), cfg)
+
+
+def test_underdetermined_or_failed_fits_are_not_predictors():
+    true = sl.ChinchillaFit(E=0.156, A=30.0, alpha=0.45, B=300.0, beta=0.40, loss=0.0)
+    runs = _fake_runs(true.predict, true.E, sizes=(1e4, 2e4, 4e4, 8e4))
+    two = main.fit_all(runs[:2], true.E)              # 4 (N, D, L) points, 2 final losses
+    assert two["chinchilla_free_E"] is None             # 5 free parameters > 4 points
+    assert two["chinchilla_fixed_E"] is not None and two["power_law"] is not None
+    assert main.predict(two, 1e5, 1e6)["chinchilla_free_E"] is None
+    val = main.validate(runs, true.E, last=2)           # first fold: 2 sizes, free E not fittable
+    assert val["mean_abs_error"]["chinchilla_free_E"] is None and val["chosen"] != "chinchilla_free_E"
+    rising = _fake_runs(lambda n, d: 0.2 + 1e-7 * n + 1e-8 * d, 0.1)    # loss grows with N and D: no law fits
+    with pytest.raises(ValueError, match="no positive"):
+        sl.fit_chinchilla(*(np.array(v, float) for v in zip(*[(r["params"], c["tokens"], c["loss"])
+                                                               for r in rising for c in r["curve"]])))
+    assert main.fit_all(rising, 0.1)["chinchilla_free_E"] is None
+
+
 # ------------------------------------------------------------------------------ end to end
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
@@ -168,6 +194,11 @@ def test_main_quick_results(quick_run):
     assert tokens == sorted(tokens) and tokens[-1] > tokens[0]       # the rule: bigger models see more data
     assert s["chosen"] in main.PREDICTORS and set(s["prediction"]) == set(main.PREDICTORS)
     assert len(s["validation"]["rows"]) == 1
+    cfg = main.Config(**s["config"])
+    passing = [r["params"] for r in s["runs"] if main.past_fast_drop(r, cfg)]
+    assert s["regime_rule_applied"] == (len(passing) >= 3)
+    assert s["fitted_params"] == (passing if s["regime_rule_applied"] else [r["params"] for r in s["runs"]])
+    assert s["all_sizes"]["chosen"] in main.PREDICTORS
     h = res["headline"]
     assert h["chosen_predictor"] == s["chosen"] and h["held_out_predicted"] == s["prediction"][s["chosen"]]
     assert h["held_out_error_pct"] == pytest.approx(
@@ -182,6 +213,34 @@ def test_visualize_redraws(quick_run, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     names = {p.name for p in (out / "plots" / CH).glob("*.png")}
     assert {"loss_vs_tokens.png", "loss_vs_params.png", "parity.png", "isoflop.png", "cost_per_size.png"} <= names
+
+
+def test_notes_and_plots_when_a_size_is_left_out_and_a_predictor_cannot_be_fitted(quick_run, tmp_path):
+    """The default run leaves its mid-drop smallest size out of the fits and a free-E law cannot be
+    fitted on the first validation fold: notes.md and every plot must still render, and say so."""
+    import copy
+
+    vis = load_chapter_module(CH, "visualize")
+    out, res, _ = quick_run
+    res = copy.deepcopy(res)
+    s = res["scaling"]
+    s["fitted_params"] = [r["params"] for r in s["runs"][1:]]
+    s["regime_rule_applied"] = True
+    s["fits"]["chinchilla_free_E"] = None
+    s["prediction"]["chinchilla_free_E"] = s["prediction_error"]["chinchilla_free_E"] = None
+    s["validation"]["mean_abs_error"]["chinchilla_free_E"] = None
+    for row in s["validation"]["rows"]:
+        row["errors"]["chinchilla_free_E"] = None
+    s["chosen"] = s["all_sizes"]["chosen"] = "chinchilla_gap"
+    md = main.notes_markdown(res, tmp_path / "absent.json")
+    assert "not fittable on fewer sizes" in md and "no: in the fast drop" in md
+    assert "every ladder size fitted, mid-drop ones too" in md
+    assert "| Chinchilla form, E free | -" in md                          # prediction row without a number
+    path = tmp_path / "results" / f"{CH}.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(res))
+    names = {p.name for p in vis.draw(path, tmp_path / "plots")}
+    assert {"loss_vs_tokens.png", "loss_vs_params.png", "parity.png", "isoflop.png"} <= names
 
 
 def test_bad_input_exits_2():

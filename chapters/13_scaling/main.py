@@ -8,9 +8,11 @@ properly finished point, so N and D vary independently. Score = shared.evaluate.
 nats/char on whole held-out stories, next to the EXACT floor on the same stories (the corpus'
 entropy, the irreducible term E). Then:
 
-  1. fit the Chinchilla form L(N, D) = E + A/N^alpha + B/D^beta (scaling_law.py, no scipy) with
-     E free, with E fixed to the known floor, and on the gap L - E; and power laws in N to the
-     final losses (Kaplan's (N_c/N)^alpha_N, and E + A/N^alpha);
+  1. keep the sizes whose runs ended past the fast early drop of the loss (past_fast_drop: a
+     law describes the slow part; a run that ends mid-drop tilts every fit), and fit to them the
+     Chinchilla form L(N, D) = E + A/N^alpha + B/D^beta (scaling_law.py, no scipy) with E free,
+     with E fixed to the known floor, and on the gap L - E; and power laws in N to the final
+     losses (Kaplan's (N_c/N)^alpha_N, and E + A/N^alpha);
   2. choose the predictor from the ladder alone (each predicts the largest ladder sizes from the
      ones below), PREDICT the loss of a larger held-out model under the same rule before training
      it, then train it and report predicted vs measured for every predictor;
@@ -84,6 +86,7 @@ class Config:
     eval_stories: int = 128
     corpus_chars: int = 1_500_000
     validate_last: int = 2         # the predictor is chosen by predicting the last k ladder sizes from the ones below
+    drop_ratio: float = 1.2        # a size is fitted only if loss(0.7 D) < 1.2 x loss(D): past the fast drop (see past_fast_drop)
 
     def tokens_per_step(self) -> int:
         return self.batch_size * self.seq_len
@@ -214,46 +217,83 @@ def train_one(size, steps: int, cfg: Config, data: TokenData, tok, stories, devi
 
 # ------------------------------------------------------------------------------ the fits
 PREDICTORS = ("chinchilla_fixed_E", "chinchilla_gap", "chinchilla_free_E", "power_law", "power_law_with_floor")
+FREE_PARAMETERS = {"chinchilla_fixed_E": 4, "chinchilla_gap": 4, "chinchilla_free_E": 5, "power_law": 2,
+                   "power_law_with_floor": 2}
+
+
+def past_fast_drop(run: dict, cfg: Config) -> bool:
+    """Is this run in the regime a scaling law describes? A small model's loss first falls
+    steeply (from ~2 nats/char, the letter statistics, to near the floor within a few hundred
+    steps) and only then slides slowly. A run still inside that drop when its budget ends has a
+    final loss set by exactly when the drop happened (seed to seed, the smallest default size
+    ended anywhere between 0.22 and 0.26 nats/char), and one such point tilts every law fitted
+    through it. The test, fixed before the held-out model trains: the last 30% of the run's
+    tokens (the cooled copy at 0.7 D against the final loss) lowered the loss by less than a
+    factor `drop_ratio` (1.2). A power-law tail B/D^beta would need beta ~ 2 to fall faster."""
+    first, last = run["curve"][0]["loss"], run["curve"][-1]["loss"]
+    return len(run["curve"]) > 1 and first < cfg.drop_ratio * last
 
 
 def fit_all(runs: list[dict], floor: float) -> dict:
     """Every fit the chapter reports, from the run records alone (visualize.py redraws from these).
     The Chinchilla forms use every cooled point (N, D, L): the rule gives each size its own D and
     the cooldown copies give each size several, so N and D vary independently. The power laws in
-    N use the final losses only: along the compute rule D is a function of N."""
+    N use the final losses only: along the compute rule D is a function of N. A predictor with
+    more free parameters than points, or whose fit fails, is None: not a predictor."""
     pts = [(r["params"], c["tokens"], c["loss"]) for r in runs for c in r["curve"]]
     N, D, L = (np.array(v, dtype=float) for v in zip(*pts))
     finals_N = [r["params"] for r in runs]
     finals_L = [r["final_loss"] for r in runs]
-    return {"chinchilla_fixed_E": sl.fit_chinchilla(N, D, L, E=floor).to_dict(),
-            "chinchilla_gap": sl.fit_chinchilla_gap(N, D, L, floor).to_dict(),
-            "chinchilla_free_E": sl.fit_chinchilla(N, D, L).to_dict(),
-            "power_law": sl.fit_power_law(finals_N, finals_L),
-            "power_law_with_floor": sl.fit_power_law_with_floor(finals_N, finals_L, floor),
-            "n_points": int(len(L))}
+    fitters = {"chinchilla_fixed_E": lambda: sl.fit_chinchilla(N, D, L, E=floor).to_dict(),
+               "chinchilla_gap": lambda: sl.fit_chinchilla_gap(N, D, L, floor).to_dict(),
+               "chinchilla_free_E": lambda: sl.fit_chinchilla(N, D, L).to_dict(),
+               "power_law": lambda: sl.fit_power_law(finals_N, finals_L),
+               "power_law_with_floor": lambda: sl.fit_power_law_with_floor(finals_N, finals_L, floor)}
+    fits = {}
+    for k, fit in fitters.items():
+        n_points = len(L) if k.startswith("chinchilla") else len(finals_L)
+        try:
+            fits[k] = fit() if n_points >= FREE_PARAMETERS[k] else None
+        except ValueError:   # e.g. no positive A, B, E fits the points
+            fits[k] = None
+    return fits | {"n_points": int(len(L))}
 
 
 def predict(fits: dict, N: float, D: float) -> dict:
-    out = {k: float(sl.ChinchillaFit.from_dict(fits[k]).predict(N, D))
-           for k in ("chinchilla_fixed_E", "chinchilla_gap", "chinchilla_free_E")}
-    out["power_law"] = float(sl.power_law(N, fits["power_law"]))
-    out["power_law_with_floor"] = float(sl.power_law_with_floor(N, fits["power_law_with_floor"]))
-    return {k: out[k] for k in PREDICTORS}
+    """Every predictor's loss for a model of N parameters trained on D tokens (None: no fit)."""
+    laws = {"power_law": sl.power_law, "power_law_with_floor": sl.power_law_with_floor}
+    return {k: None if fits[k] is None else
+            float(laws[k](N, fits[k]) if k in laws else sl.ChinchillaFit.from_dict(fits[k]).predict(N, D))
+            for k in PREDICTORS}
+
+
+def rel_errors(pred: dict, measured: float) -> dict:
+    return {k: None if v is None else (v - measured) / measured for k, v in pred.items()}
 
 
 def validate(runs: list[dict], floor: float, last: int) -> dict:
     """The rule that picks the predictor, from the ladder alone: refit every predictor on the
     sizes below each of the last `last` ladder sizes and predict that size's final loss (a
     one-step extrapolation, the same kind of question the held-out model asks). The predictor
-    with the smallest mean |relative error| is the one reported as 'the' prediction."""
+    with the smallest mean |relative error| is the one reported as 'the' prediction; one that
+    could not be fitted on fewer sizes cannot be checked and is not chosen."""
     rows = []
     for k in range(len(runs) - last, len(runs)):
-        fits = fit_all(runs[:k], floor)
-        pred = predict(fits, runs[k]["params"], runs[k]["tokens"])
+        pred = predict(fit_all(runs[:k], floor), runs[k]["params"], runs[k]["tokens"])
         rows.append({"fitted_sizes": k, "target_params": runs[k]["params"], "measured": runs[k]["final_loss"],
-                     "errors": {p: (v - runs[k]["final_loss"]) / runs[k]["final_loss"] for p, v in pred.items()}})
-    score = {p: float(np.mean([abs(r["errors"][p]) for r in rows])) for p in PREDICTORS}
-    return {"rows": rows, "mean_abs_error": score, "chosen": min(PREDICTORS, key=lambda p: score[p])}
+                     "errors": rel_errors(pred, runs[k]["final_loss"])})
+    score = {p: None if any(r["errors"][p] is None for r in rows) else float(np.mean([abs(r["errors"][p]) for r in rows]))
+             for p in PREDICTORS}   # None: not fittable on the fewer sizes (JSON has no inf)
+    return {"rows": rows, "mean_abs_error": score,
+            "chosen": min(PREDICTORS, key=lambda p: np.inf if score[p] is None else score[p])}
+
+
+def predict_held_out(runs: list[dict], floor: float, cfg: Config, N: float, D: float) -> dict:
+    """Fit every law to `runs`, choose the predictor on them (validate), predict (N, D)."""
+    fits = fit_all(runs, floor)
+    val = validate(runs, floor, min(cfg.validate_last, len(runs) - 2))
+    return {"fits": fits, "validation": val, "chosen": val["chosen"], "prediction": predict(fits, N, D),
+            "fitted_params": [r["params"] for r in runs]}
 
 
 # ------------------------------------------------------------------------------ part 1
@@ -295,27 +335,47 @@ def scaling(run, cfg: Config) -> dict:
               f"peak mem {r['peak_memory_bytes'] / 2**20:.0f} MiB")
         runs.append(r)
     floor = runs[0]["curve"][-1]["floor"]  # exact -ln p(story)/chars on the eval stories (same for all)
-    fits = fit_all(runs, floor)
-    for k in ("chinchilla_fixed_E", "chinchilla_gap", "chinchilla_free_E"):
-        f = fits[k]
-        print(f"{k}: E={f['E']:.4f} A={f['A']:.3g} alpha={f['alpha']:.3f} B={f['B']:.3g} beta={f['beta']:.3f}")
-    val = validate(runs, floor, min(cfg.validate_last, len(runs) - 2))
-    print("predictor check on the ladder (mean |error| predicting the last sizes from the ones below): "
-          + ", ".join(f"{k} {100 * v:.1f}%" for k, v in val["mean_abs_error"].items()) + f" -> {val['chosen']}")
+
+    # which sizes the law is fitted to: those past the fast drop (fewer than 3 left: all of them)
+    fitted = [r for r in runs if past_fast_drop(r, cfg)]
+    for r in runs:
+        if r not in fitted:
+            print(f"  N={r['params']:,} is still in the fast drop (loss {r['curve'][0]['loss']:.3f} at "
+                  f"{r['curve'][0]['step']} steps, {r['final_loss']:.3f} at {r['steps']}): not fitted")
+    regime_rule_applied = len(fitted) >= 3
+    if not regime_rule_applied:
+        print(f"  only {len(fitted)} sizes past the fast drop: the law is fitted to all {len(runs)}")
+        fitted = runs
 
     # the held-out model: predict first (every predictor, the chosen one named), then train
     N_h, D_h = models[-1].num_params(True), plan[-1] * cfg.tokens_per_step()
-    prediction = predict(fits, N_h, D_h)
+    law = predict_held_out(fitted, floor, cfg, N_h, D_h)
+    # the same question with every ladder size fitted, mid-drop ones included: what the rule changed
+    law_all = law if len(fitted) == len(runs) else predict_held_out(runs, floor, cfg, N_h, D_h)
+    for k in ("chinchilla_fixed_E", "chinchilla_gap", "chinchilla_free_E"):
+        if (f := law["fits"][k]) is not None:
+            print(f"{k}: E={f['E']:.4f} A={f['A']:.3g} alpha={f['alpha']:.3f} B={f['B']:.3g} beta={f['beta']:.3f}")
+    val = law["validation"]
+    print("predictor check on the ladder (mean |error| predicting the last sizes from the ones below): "
+          + ", ".join(f"{k} {100 * v:.1f}%" for k, v in val["mean_abs_error"].items() if v is not None)
+          + f" -> {val['chosen']}")
     print(f"prediction for the held-out N={N_h:,} at D={D_h:,}: "
-          + ", ".join(f"{k} {v:.4f}" for k, v in prediction.items()))
+          + ", ".join(f"{k} {v:.4f}" for k, v in law["prediction"].items() if v is not None))
     held = train_one(cfg.held_out, plan[-1], cfg, data, tok, stories, run.device, run.seed + 100, desc="held-out",
                      log_dir=tb_dir(run, "scaling_held_out_" + "x".join(map(str, cfg.held_out))))
-    errors = {k: (v - held["final_loss"]) / held["final_loss"] for k, v in prediction.items()}
-    print(f"held-out measured {held['final_loss']:.4f}: " + ", ".join(f"{k} {100 * e:+.1f}%" for k, e in errors.items())
+    errors = rel_errors(law["prediction"], held["final_loss"])
+    print(f"held-out measured {held['final_loss']:.4f}: "
+          + ", ".join(f"{k} {100 * e:+.1f}%" for k, e in errors.items() if e is not None)
           + f"; chosen ({val['chosen']}): {100 * errors[val['chosen']]:+.2f}%")
+    every = {"chosen": law_all["chosen"], "prediction": law_all["prediction"],
+             "prediction_error": rel_errors(law_all["prediction"], held["final_loss"])}
+    if law_all is not law:
+        print(f"with every ladder size fitted (mid-drop ones too) the check would have chosen {every['chosen']}: "
+              f"{100 * every['prediction_error'][every['chosen']]:+.2f}%")
     return {"runs": runs, "held_out": held, "floor": floor, "entropy_stream": wood.entropy()["nats_per_char"],
-            "fits": fits, "validation": val, "chosen": val["chosen"], "prediction": prediction,
-            "prediction_error": errors, "config": asdict(cfg), "steps_plan": plan,
+            "fitted_params": law["fitted_params"], "regime_rule_applied": regime_rule_applied,
+            "fits": law["fits"], "validation": val, "chosen": val["chosen"], "prediction": law["prediction"],
+            "prediction_error": errors, "all_sizes": every, "config": asdict(cfg), "steps_plan": plan,
             "published": {"chinchilla": CHINCHILLA, "kaplan": KAPLAN}}
 
 
@@ -442,14 +502,22 @@ def side_results_path(out: Path, part: str) -> Path:
 
 
 def headline(s: dict) -> dict:
-    fx, fr, ch = s["fits"]["chinchilla_fixed_E"], s["fits"]["chinchilla_free_E"], s["chosen"]
-    return dict(sizes=len(s["runs"]) + 1, floor_nats_per_char=s["floor"], fitted_E=fr["E"],
-                alpha_fixed_E=fx["alpha"], beta_fixed_E=fx["beta"], alpha_free_E=fr["alpha"], beta_free_E=fr["beta"],
-                power_law_alpha_N=s["fits"]["power_law"]["alpha_N"], chosen_predictor=ch,
+    fx, fr = s["fits"]["chinchilla_fixed_E"] or {}, s["fits"]["chinchilla_free_E"] or {}
+    ch, every = s["chosen"], s["all_sizes"]
+    return dict(sizes=len(s["runs"]) + 1, sizes_fitted=len(s["fitted_params"]), floor_nats_per_char=s["floor"],
+                fitted_E=fr.get("E"), alpha_fixed_E=fx.get("alpha"), beta_fixed_E=fx.get("beta"),
+                alpha_free_E=fr.get("alpha"), beta_free_E=fr.get("beta"),
+                power_law_alpha_N=(s["fits"]["power_law"] or {}).get("alpha_N"), chosen_predictor=ch,
                 held_out_params=s["held_out"]["params"], held_out_tokens=s["held_out"]["tokens"],
                 held_out_measured=s["held_out"]["final_loss"], held_out_predicted=s["prediction"][ch],
                 held_out_error_pct=100 * s["prediction_error"][ch],
+                all_sizes_chosen_predictor=every["chosen"],
+                all_sizes_error_pct=100 * every["prediction_error"][every["chosen"]],
                 no_law_baseline_error_pct=100 * (s["runs"][-1]["final_loss"] / s["held_out"]["final_loss"] - 1))
+
+
+def _pct(x, digits=2) -> str:
+    return "-" if x is None else f"{100 * x:+.{digits}f}%"
 
 
 PREDICTOR_NAMES = {"chinchilla_fixed_E": "Chinchilla form, E = exact floor (fit on ln L)",
@@ -462,10 +530,13 @@ PREDICTOR_NAMES = {"chinchilla_fixed_E": "Chinchilla form, E = exact floor (fit 
 def notes_markdown(results: dict, dist_path: Path, extras_path: Path | None = None) -> str:
     s = results["scaling"]
     c = s["config"]
+    early = f"loss at {c['measure_at'][0]:g} D (cooled)"
     rows = [{"model (L, d, heads)": str(tuple(r["size"])) + (" held-out" if r is s["held_out"] else ""),
              "non-emb params N": f"{r['params']:,}", "steps": r["steps"], "tokens D": f"{r['tokens']:,}",
-             "loss at D/2 (cooled)": round(r["curve"][0]["loss"], 4) if len(r["curve"]) > 1 else "-",
+             early: round(r["curve"][0]["loss"], 4) if len(r["curve"]) > 1 else "-",
              "final loss (nats/char)": round(r["final_loss"], 4),
+             "fitted": "held out" if r is s["held_out"] else
+                       "yes" if r["params"] in s["fitted_params"] else "no: in the fast drop",
              "before cooldown": round(r["curve"][-1]["stable_loss"], 4),
              "gap to floor": round(r["final_loss"] - s["floor"], 4),
              "wall s": round(r["wall_s"], 1), "tokens/s": f"{r['tokens_per_s']:,.0f}", "MFU": f"{r['mfu']:.1%}",
@@ -473,21 +544,27 @@ def notes_markdown(results: dict, dist_path: Path, extras_path: Path | None = No
              "peak mem MiB": round(r["peak_memory_bytes"] / 2**20, 1)} for r in [*s["runs"], s["held_out"]]]
     fits = [{"fit": PREDICTOR_NAMES[k], "E": round(f["E"], 4), "A": f"{f['A']:.3g}", "alpha": round(f["alpha"], 3),
              "B": f"{f['B']:.3g}", "beta": round(f["beta"], 3)}
-            for k in ("chinchilla_fixed_E", "chinchilla_gap", "chinchilla_free_E") for f in [s["fits"][k]]]
+            for k in ("chinchilla_fixed_E", "chinchilla_gap", "chinchilla_free_E") for f in [s["fits"][k]] if f]
     fits.append({"fit": "published Chinchilla (Hoffmann et al. 2022)", "E": CHINCHILLA["E"], "A": "406.4",
                  "alpha": CHINCHILLA["alpha"], "B": "410.7", "beta": CHINCHILLA["beta"]})
     val = s["validation"]
     vrows = [{"predictor": PREDICTOR_NAMES[k]}
-             | {f"N={r['target_params']:,} from {r['fitted_sizes']} sizes": f"{100 * r['errors'][k]:+.2f}%" for r in val["rows"]}
-             | {"mean abs": f"{100 * val['mean_abs_error'][k]:.2f}%" + (" (chosen)" if k == s["chosen"] else "")}
+             | {f"N={r['target_params']:,} from {r['fitted_sizes']} sizes": _pct(r["errors"][k]) for r in val["rows"]}
+             | {"mean abs": ("not fittable on fewer sizes" if val["mean_abs_error"][k] is None
+                             else f"{100 * val['mean_abs_error'][k]:.2f}%") + (" (chosen)" if k == s["chosen"] else "")}
              for k in PREDICTORS]
     h = s["held_out"]
     pred = [{"predictor": PREDICTOR_NAMES[k] + (" **(chosen)**" if k == s["chosen"] else ""),
-             "predicted": round(v, 4), "measured": round(h["final_loss"], 4),
-             "error %": round(100 * s["prediction_error"][k], 2)} for k, v in s["prediction"].items()]
+             "predicted": "-" if v is None else round(v, 4), "measured": round(h["final_loss"], 4),
+             "error %": _pct(s["prediction_error"][k])} for k, v in s["prediction"].items()]
     base = s["runs"][-1]["final_loss"]   # no law at all: "the bigger model will do as well as the biggest so far"
     pred.append({"predictor": "reference, no law: the largest ladder model's final loss", "predicted": round(base, 4),
-                 "measured": round(h["final_loss"], 4), "error %": round(100 * (base - h["final_loss"]) / h["final_loss"], 2)})
+                 "measured": round(h["final_loss"], 4), "error %": _pct((base - h["final_loss"]) / h["final_loss"])})
+    every = s["all_sizes"]
+    if len(s["fitted_params"]) < len(s["runs"]):
+        pred.append({"predictor": f"every ladder size fitted, mid-drop ones too (the check chose {every['chosen']})",
+                     "predicted": round(every["prediction"][every["chosen"]], 4), "measured": round(h["final_loss"], 4),
+                     "error %": _pct(every["prediction_error"][every["chosen"]])})
     pl, pf = s["fits"]["power_law"], s["fits"]["power_law_with_floor"]
     m = results["meta"]
     md = (f"Scaling ladder measured by `{m['command']}` on {m['date']} ({m['threads']} threads, load average "
@@ -496,13 +573,16 @@ def notes_markdown(results: dict, dist_path: Path, extras_path: Path | None = No
           f"(stream entropy {s['entropy_stream']:.4f}). Compute rule: D ∝ N^{c['tokens_exponent']:g} "
           f"({c['steps']} steps of {c['batch_size']} x {c['seq_len']} characters for the smallest model), peak lr "
           f"{c['lr']:g} for every size, WSD schedule with a {c['cooldown']:.0%} linear cooldown to 0; each size is "
-          f"also scored at D/2 by a cooled-down copy of its trunk. MFU is against the fp32 matmul peak measured just "
+          f"also scored at {c['measure_at'][0]:g} D by a cooled-down copy of its trunk. A size is fitted only when it is "
+          f"past the fast drop: loss at {c['measure_at'][0]:g} D < {c['drop_ratio']:g} x its final loss"
+          + ("" if s["regime_rule_applied"] else " (fewer than 3 sizes passed: all fitted)") + f". MFU is against the fp32 matmul peak measured just "
           f"before each run (column 'peak GFLOP/s'); under load both drift. Wall s includes the cooldown copies "
           f"and the scoring.\n\n"
           + cli.markdown_table(rows) + "\n\n" + cli.markdown_table(fits)
-          + f"\n\nOn the final losses along the rule: L(N) = (N_c/N)^alpha_N with alpha_N = {pl['alpha_N']:.3f} "
-            f"(Kaplan et al.: {KAPLAN['alpha_N']}); L(N) = E + A/N^alpha with E = floor: alpha = {pf['alpha']:.3f}.\n\n"
-            "Choosing the predictor from the ladder alone (before the held-out model trains): each predictor is "
+          + (f"\n\nOn the final losses along the rule: L(N) = (N_c/N)^alpha_N with alpha_N = {pl['alpha_N']:.3f} "
+             f"(Kaplan et al.: {KAPLAN['alpha_N']}); L(N) = E + A/N^alpha with E = floor: alpha = {pf['alpha']:.3f}.\n\n"
+             if pl and pf else "\n\n")
+          + "Choosing the predictor from the ladder alone (before the held-out model trains): each predictor is "
             "refitted on the sizes below a ladder size and predicts that size's final loss.\n\n"
           + cli.markdown_table(vrows)
           + f"\n\nHeld-out model N = {h['params']:,} at D = {h['tokens']:,}, predicted before training:\n\n"

@@ -93,6 +93,9 @@ def _linear_start(N, D, L, E, alphas, betas):
     coef = np.linalg.solve(XtX, Xty[..., None])[..., 0]
     resid = ((np.einsum("gpi,gi->gp", X, coef) - target) ** 2).sum(axis=1)
     resid[(coef <= 0).any(axis=1)] = np.inf                  # A, B, E must be positive
+    if not np.isfinite(resid).any():
+        raise ValueError("no positive A, B" + (", E" if E is None else "") + " fits these points for any exponents "
+                         "on the grid: the losses do not fall with N and D in the law's form")
     g = int(np.argmin(resid))
     A, B = coef[g, 0], coef[g, 1]
     return {"A": A, "B": B, "E": coef[g, 2] if E is None else E, "alpha": al[g], "beta": be[g]}

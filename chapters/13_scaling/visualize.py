@@ -67,8 +67,9 @@ def curves(s: dict, plots_dir: Path) -> Path:
     tps = s["config"]["batch_size"] * s["config"]["seq_len"]
     for r, col in zip(runs, colors):
         held = r is s["held_out"]
+        note = " (held out)" if held else "" if r["params"] in s.get("fitted_params", [r["params"]]) else " (not fitted)"
         ax.plot([c["tokens"] for c in r["curve"]], [c["loss"] for c in r["curve"]], "*" if held else "o",
-                ms=11 if held else 6, color=col, label=f"N={r['params']:,}" + (" (held out)" if held else ""))
+                ms=11 if held else 6, color=col, label=f"N={r['params']:,}{note}")
         ax.plot([c["stable_step"] * tps for c in r["curve"]], [c["stable_loss"] for c in r["curve"]], "o",
                 mfc="none", ms=6, color=col)
         ax.plot(D, fit.predict(r["params"], D), ":" if held else "-", color=col, lw=1.3, alpha=0.8)
@@ -87,16 +88,21 @@ def loss_vs_params(s: dict, plots_dir: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 5.2))
     N = np.array([r["params"] for r in s["runs"]])
     L = np.array([r["final_loss"] for r in s["runs"]])
+    fitted = np.isin(N, s.get("fitted_params", N))     # results written before the drop rule: all fitted
     h = s["held_out"]
     grid = np.geomspace(N.min() / 1.5, h["params"] * 3, 100)
-    ax.plot(N, L, "o", color="C0", label="ladder (final loss, fitted)")
+    ax.plot(N[fitted], L[fitted], "o", color="C0", label="ladder (final loss, fitted)")
+    if not fitted.all():
+        ax.plot(N[~fitted], L[~fitted], "o", mfc="none", color="C0", ms=8,
+                label="ladder, still in the fast drop (not fitted)")
     styles = {"chinchilla_gap": ("-", "C1"), "chinchilla_fixed_E": ("-.", "C5"), "chinchilla_free_E": ("--", "C2")}
     for k, (ls, col) in styles.items():
-        ax.plot(grid, _fit(s, k).predict(grid, _rule_D(s, grid)), ls, color=col, lw=1.2, label=k)
-    ax.plot(grid, sl.power_law(grid, s["fits"]["power_law"]), ":", color="C4",
-            label=f"power law (N_c/N)^{s['fits']['power_law']['alpha_N']:.3f}")
-    ax.plot(grid, sl.power_law_with_floor(grid, s["fits"]["power_law_with_floor"]), ":", color="C6",
-            label="E + A/N^α (E = floor)")
+        if s["fits"][k] is not None:
+            ax.plot(grid, _fit(s, k).predict(grid, _rule_D(s, grid)), ls, color=col, lw=1.2, label=k)
+    if (pl := s["fits"]["power_law"]) is not None:
+        ax.plot(grid, sl.power_law(grid, pl), ":", color="C4", label=f"power law (N_c/N)^{pl['alpha_N']:.3f}")
+    if (pf := s["fits"]["power_law_with_floor"]) is not None:
+        ax.plot(grid, sl.power_law_with_floor(grid, pf), ":", color="C6", label="E + A/N^α (E = floor)")
     ax.plot(h["params"], h["final_loss"], "*", ms=16, color="C3", label=f"held-out, measured {h['final_loss']:.4f}")
     ch = s["chosen"]
     p = s["prediction"][ch]
@@ -114,11 +120,17 @@ def parity(s: dict, plots_dir: Path) -> Path:
     """Every cooled point: what the law says against what was measured."""
     fit = _fit(s)
     fig, ax = plt.subplots(figsize=(5.8, 5.4))
+    fitted = s.get("fitted_params", [r["params"] for r in s["runs"]])
     for r, held in [*((r, False) for r in s["runs"]), (s["held_out"], True)]:
         meas = np.array([c["loss"] for c in r["curve"]])
         pred = fit.predict(r["params"], np.array([c["tokens"] for c in r["curve"]]))
-        ax.plot(meas, pred, "*" if held else "o", ms=10 if held else 5,
-                label="held out (not fitted)" if held else None, color="C3" if held else "C0", alpha=0.8)
+        out = not held and r["params"] not in fitted
+        ax.plot(meas, pred, "*" if held else "o", ms=10 if held else 5, mfc="none" if out else None,
+                color="C3" if held else "C0", alpha=0.8)
+    ax.plot([], [], "o", color="C0", ms=5, label="ladder (fitted)")
+    if len(fitted) < len(s["runs"]):
+        ax.plot([], [], "o", mfc="none", color="C0", ms=5, label="ladder, in the fast drop (not fitted)")
+    ax.plot([], [], "*", color="C3", ms=10, label="held out (not fitted)")
     lo = min(ax.get_xlim()[0], ax.get_ylim()[0])
     hi = max(ax.get_xlim()[1], ax.get_ylim()[1])
     ax.plot([lo, hi], [lo, hi], color="black", lw=0.8)
