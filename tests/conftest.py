@@ -1,5 +1,14 @@
+import os
+
 import pytest
 import torch
+
+# pytest-xdist (`-n auto` in pyproject's addopts) runs one test process per core. Each takes one
+# thread, and so do the chapter scripts the tests launch: a second thread per process would only
+# fight the other worker for the cores (on a 2-core machine that is several times slower, not 2x).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):
