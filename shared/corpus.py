@@ -22,6 +22,7 @@ bits of the facts it cannot see, which gives a floor for every context length
 """
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import re
@@ -320,28 +321,36 @@ class HundredAcreWood:
                 break
         return qa
 
-    def instruction_examples(self, n: int, seed: int = 0) -> list[dict]:
-        """Instruction-tuning examples: a task prefix, a story, and the expected response."""
-        rng, out = random.Random(seed), []
-        for _ in range(n):
+    def iter_instruction_examples(self, seed: int = 0):
+        """Instruction-tuning examples without end: a task prefix, a story, and the expected
+        response. Lazy, so a caller that filters stops drawing stories when it has enough."""
+        rng = random.Random(seed)
+        while True:
             st = self.story(rng)
             qa = rng.choice(self.qa_pairs(st))
-            out.append({"task": qa["task"], "story": st.text.strip(),
-                        "prompt": f"Story: {st.text.strip()}\nQuestion: {qa['question']}\nAnswer:",
-                        "response": f" {qa['answer']}"})
-        return out
+            yield {"task": qa["task"], "story": st.text.strip(),
+                   "prompt": f"Story: {st.text.strip()}\nQuestion: {qa['question']}\nAnswer:",
+                   "response": f" {qa['answer']}"}
 
-    def preference_pairs(self, n: int, seed: int = 0) -> list[dict]:
-        """(prompt, chosen, rejected): the true answer vs a plausible wrong one."""
-        rng, out = random.Random(seed), []
+    def instruction_examples(self, n: int, seed: int = 0) -> list[dict]:
+        """The first `n` of `iter_instruction_examples(seed)`."""
+        return list(itertools.islice(self.iter_instruction_examples(seed), n))
+
+    def iter_preference_pairs(self, n_examples: int, seed: int = 0):
+        """(prompt, chosen, rejected): the true answer vs a plausible wrong one, for the examples
+        among the first `n_examples` whose task has a pool of wrong answers. Lazy."""
+        rng = random.Random(seed)
         pools = {"color": COLORS, "hero": CHARACTERS, "mood": MOODS, "count": [str(i) for i in range(1, 12)]}
-        for ex in self.instruction_examples(4 * n, seed):
-            if ex["task"] not in pools or len(out) == n:
+        for ex in itertools.islice(self.iter_instruction_examples(seed), n_examples):
+            if ex["task"] not in pools:
                 continue
             truth = ex["response"].strip()
             wrong = rng.choice([w for w in pools[ex["task"]] if w != truth])
-            out.append({"task": ex["task"], "prompt": ex["prompt"], "chosen": f" {truth}", "rejected": f" {wrong}"})
-        return out
+            yield {"task": ex["task"], "prompt": ex["prompt"], "chosen": f" {truth}", "rejected": f" {wrong}"}
+
+    def preference_pairs(self, n: int, seed: int = 0) -> list[dict]:
+        """Up to `n` preference pairs, drawn from the first 4n instruction examples."""
+        return list(itertools.islice(self.iter_preference_pairs(4 * n, seed), n))
 
     @staticmethod
     def hierarchy() -> list[tuple[str, str]]:

@@ -141,6 +141,12 @@ class KVCache:
         self.v[layer, :, :, self.pos:self.pos + t] = v
         return self.k[layer, :, :, :self.pos + t], self.v[layer, :, :, :self.pos + t]
 
+    def repeat(self, n: int) -> "KVCache":
+        """Each batch row n times over (row i becomes rows i*n .. i*n+n-1): a prompt prefilled
+        once then serves n sampled continuations."""
+        self.k, self.v = self.k.repeat_interleave(n, dim=1), self.v.repeat_interleave(n, dim=1)
+        return self
+
     @property
     def nbytes(self) -> int:
         """Bytes of the whole preallocated cache: 2 x layers x batch x kv_heads x max_len x head_dim x dtype."""
@@ -404,9 +410,11 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, use_cache: bool = True, generator: torch.Generator | None = None,
-                 stop_token: int | None = None) -> torch.Tensor:
+                 stop_token: int | None = None, num_samples: int = 1) -> torch.Tensor:
         """Autoregressive sampling. With `use_cache` each step feeds one token and reuses the
-        stored keys/values; without it each step re-runs the whole (cropped) sequence."""
+        stored keys/values; without it each step re-runs the whole (cropped) sequence.
+        `num_samples` continuations of each prompt row (rows i*n .. i*n+n-1 of the output belong
+        to prompt i); with the cache the prompt is run once and its keys/values copied n times."""
         was_training = self.training
         self.eval()
         limit = self.cfg.block_size if self.cfg.pos == "learned" else None
@@ -418,6 +426,10 @@ class GPT(nn.Module):
             p = next(self.parameters())
             cache = KVCache(self.cfg, idx.shape[0], total, device=idx.device, dtype=p.dtype)
             logits = self(idx, cache=cache)[:, -1]
+            if num_samples > 1:
+                cache.repeat(num_samples)
+                logits = logits.repeat_interleave(num_samples, dim=0)
+        idx = idx.repeat_interleave(num_samples, dim=0) if num_samples > 1 else idx
         for i in range(max_new_tokens):
             if not use_cache:
                 context = idx if limit is None else idx[:, -limit:]

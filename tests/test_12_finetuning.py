@@ -215,6 +215,39 @@ def test_match_head_learns_what_a_last_token_head_cannot():
     assert acc["match"] >= 0.7 and acc["match"] > acc["last"] + 0.1, acc
 
 
+@pytest.mark.parametrize("method", ["ppo", "grpo"])
+def test_update_through_the_rollout_graph_equals_a_fresh_forward(method):
+    """The first epoch of an RL update backpropagates through the rollout's own forward
+    (keep_graph) instead of repeating it: the updated weights must be bit-identical."""
+    import copy
+
+    t = tok()
+    cfg = m.Config(rl_group=4, rl_epochs=2, max_answer_tokens=4, rl_lr=1e-2)
+    prompts = [m.Example("color", "Story: Pooh had a red kite.\nQuestion: What color?\nAnswer:", " red", "s1"),
+               m.Example("hero", "Story: Owl.\nQuestion: Who?\nAnswer:", " Owl", "s2")]
+    ref = tiny_gpt(vocab=t.vocab_size, seed=1)
+    rm = m.RewardModel(tiny_gpt(vocab=t.vocab_size, seed=2), "match", d_key=4, seed=0)
+    nn.init.normal_(rm.lin.weight)
+    after = []
+    for keep in (False, True):
+        policy = copy.deepcopy(ref)
+        value_head = nn.Linear(policy.cfg.d_model, 1)
+        nn.init.constant_(value_head.weight, 0.01)
+        nn.init.constant_(value_head.bias, 0.1)
+        params = list(policy.parameters()) + (list(value_head.parameters()) if method == "ppo" else [])
+        opt = torch.optim.AdamW(params, lr=cfg.rl_lr)
+        r = m.rollout(policy, ref, rm, t, prompts, cfg, torch.Generator().manual_seed(0), keep_graph=keep)
+        assert (r.live is not None) == keep
+        if method == "ppo":
+            m.ppo_update(policy, value_head, r, opt, cfg, beta=0.1)
+        else:
+            m.grpo_update(policy, r, opt, cfg, beta=0.1)
+        after.append([p.detach().clone() for p in params])
+    assert any(not torch.equal(a, b) for a, b in zip(after[0], ref.parameters()))     # it did learn
+    for a, b in zip(*after):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_balanced_pairs_take_the_same_number_per_task():
     pairs = [{"task": tk} for tk in ["count"] * 10 + ["mood"] * 3 + ["hero"] * 5 + ["color"] * 4]
     out = m.balanced_pairs(pairs, 3)

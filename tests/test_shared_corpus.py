@@ -77,6 +77,19 @@ def test_derived_tasks_state_true_answers():
     assert ("Hundred Acre Wood", "honey tree") in edges and ("honey tree", "Pooh") in edges
 
 
+def test_lazy_examples_and_pairs_are_the_listed_ones():
+    """The lazy generators draw stories only as far as a caller reads; what they yield is what the
+    lists hold: instruction_examples(n) is their first n, preference_pairs(n) the pairs of the
+    first 4n examples (a prefix of a longer draw)."""
+    examples = WOOD.instruction_examples(40, seed=2)
+    assert len(examples) == 40 and examples[:25] == WOOD.instruction_examples(25, seed=2)
+    pairs = WOOD.preference_pairs(10, seed=2)
+    in_pool = [e for e in examples if e["task"] in ("color", "hero", "mood", "count")]
+    assert [p["prompt"] for p in pairs] == [e["prompt"] for e in in_pool][:10]
+    longer = WOOD.preference_pairs(20, seed=2)
+    assert longer[:len(pairs)] == pairs
+
+
 def test_per_token_floor_uses_the_same_bits():
     stories = WOOD.stories(300, seed=3)
     tok = CharTokenizer.from_text("".join(s.text for s in stories))

@@ -51,6 +51,21 @@ def test_kv_cache_logits_and_generation_match_uncached(name):
     assert torch.equal(g1, g2)
 
 
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_num_samples_equals_repeating_the_prompt(use_cache):
+    """num_samples=n runs each prompt once and samples n continuations: the same tokens as
+    feeding the prompt n times, row for row, for the same generator state."""
+    m = tiny(pos="rope", n_kv_head=2)
+    x = torch.randint(40, (2, 9))
+    many = m.generate(x, 6, temperature=1.0, use_cache=use_cache, num_samples=3,
+                      generator=torch.Generator().manual_seed(5))
+    repeated = m.generate(x.repeat_interleave(3, dim=0), 6, temperature=1.0, use_cache=use_cache,
+                          generator=torch.Generator().manual_seed(5))
+    assert many.shape == (6, 15) and torch.equal(many[:, :9], x.repeat_interleave(3, dim=0))
+    assert torch.equal(many, repeated)
+    assert len({tuple(r) for r in many[:3, 9:].tolist()}) > 1       # the samples of one prompt differ
+
+
 def test_gqa_equals_mha_with_repeated_kv_heads():
     """GQA with 2 K/V heads == MHA whose K/V weights repeat each K/V head for its group of query heads."""
     gqa = tiny(pos="rope", n_kv_head=2)

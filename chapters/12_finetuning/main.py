@@ -25,6 +25,7 @@ its examples ordered easy -> hard, shuffled, or hard -> easy.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import sys
 import time
@@ -140,7 +141,7 @@ def draw_examples(wood, n: int, seed: int, max_chars: int, tasks=None, avoid=fro
     story in `avoid` (so held-out questions are about stories never trained on)."""
     out, batch_seed = [], seed
     while len(out) < n:
-        for ex in wood.instruction_examples(4 * n, seed=batch_seed):
+        for ex in itertools.islice(wood.iter_instruction_examples(seed=batch_seed), 4 * n):
             if len(ex["prompt"]) <= max_chars and ex["story"] not in avoid and (tasks is None or ex["task"] in tasks):
                 out.append(Example(ex["task"], ex["prompt"], ex["response"], ex["story"]))
                 if len(out) == n:
@@ -152,7 +153,7 @@ def draw_examples(wood, n: int, seed: int, max_chars: int, tasks=None, avoid=fro
 def draw_pairs(wood, n: int, seed: int, max_chars: int, avoid=frozenset()) -> list[dict]:
     out, batch_seed = [], seed
     while len(out) < n:
-        for p in wood.preference_pairs(4 * n, seed=batch_seed):
+        for p in itertools.islice(wood.iter_preference_pairs(16 * n, seed=batch_seed), 4 * n):
             story = p["prompt"].split("\n")[0].removeprefix("Story: ")
             if len(p["prompt"]) <= max_chars and story not in avoid:
                 out.append(p)
@@ -445,6 +446,7 @@ class Rollout:
     reward: torch.Tensor      # (N,) reward model score
     logp_old: torch.Tensor    # (N, T) policy log-probs when sampled
     logp_ref: torch.Tensor    # (N, T) reference (SFT) log-probs
+    live: tuple | None = None  # (logits, hidden) of that forward, graph kept, for the update's first epoch
 
 
 def answer_ok(ex: Example, answer: str) -> tuple[bool, bool]:
@@ -456,14 +458,18 @@ def answer_ok(ex: Example, answer: str) -> tuple[bool, bool]:
 
 @torch.no_grad()
 def rollout(policy: GPT, ref: GPT, rm: RewardModel, tok, prompts: list[Example], cfg: Config,
-            g: torch.Generator, group: int | None = None) -> Rollout:
+            g: torch.Generator, group: int | None = None, keep_graph: bool = False) -> Rollout:
     """Sample `group` (default `rl_group`) answers per prompt (temperature 1), cut each at its
-    first newline, and score them: reward model, policy and reference log-probs."""
+    first newline, and score them: reward model, policy and reference log-probs. With
+    `keep_graph` the policy's forward keeps its autograd graph: the update's first epoch sees
+    the very same policy and batch, so it backpropagates through this forward instead of
+    repeating it (same numbers, one forward pass fewer per update)."""
     policy.eval()
     answers, examples = [], []
     for ex in prompts:
-        idx = torch.tensor([tok.encode(ex.prompt)] * (group or cfg.rl_group))
-        out = policy.generate(idx, cfg.max_answer_tokens, temperature=1.0, generator=g, stop_token=tok.stoi[END])
+        idx = torch.tensor([tok.encode(ex.prompt)])   # the prompt is run once, then sampled `group` times
+        out = policy.generate(idx, cfg.max_answer_tokens, temperature=1.0, generator=g, stop_token=tok.stoi[END],
+                              num_samples=group or cfg.rl_group)
         for row in out[:, idx.shape[1]:].tolist():
             text = tok.decode(row)
             answers.append(text[:text.index(END) + 1] if END in text else text)
@@ -471,8 +477,13 @@ def rollout(policy: GPT, ref: GPT, rm: RewardModel, tok, prompts: list[Example],
     rows, labels = zip(*(obj.sft_example(tok.encode(e.prompt), tok.encode(a)) for e, a in zip(examples, answers)))
     x, y = obj.pad_batch(list(rows), list(labels), pad_id=tok.stoi[END])
     reward = score(rm, tok, [e.prompt for e in examples], answers)
+    live = None
+    if keep_graph:
+        with torch.enable_grad():
+            live = forward_with_hidden(policy, x)
+    logits = live[0].detach() if live else policy(x)
     return Rollout(x, y, y != obj.IGNORE, answers, examples, reward,
-                   obj.token_logprobs(policy(x), y), obj.token_logprobs(ref(x), y))
+                   obj.token_logprobs(logits, y), obj.token_logprobs(ref(x), y), live)
 
 
 def rollout_stats(r: Rollout) -> dict:
@@ -499,15 +510,15 @@ def ppo_update(policy: GPT, value_head: nn.Linear, r: Rollout, opt, cfg: Config,
     plus the reward model's score on the last answer token; GAE with a value head; then
     `rl_epochs` passes of the clipped objective + value regression on this batch."""
     with torch.no_grad():
-        _, h = forward_with_hidden(policy, r.x)
-        values = value_head(h).squeeze(-1) * r.mask
+        _, h = r.live or forward_with_hidden(policy, r.x)
+        values = value_head(h.detach()).squeeze(-1) * r.mask
         rewards = obj.ppo_token_rewards(r.reward, r.logp_old, r.logp_ref, r.mask, beta)
         adv, returns = obj.gae(rewards, values, r.mask, gamma=1.0, lam=0.95)
         adv = obj.whiten(adv, r.mask)   # the step size stops depending on the reward's scale
         m = r.mask.float()
     policy.train()
-    for _ in range(cfg.rl_epochs):
-        logits, h = forward_with_hidden(policy, r.x)
+    for epoch in range(cfg.rl_epochs):
+        logits, h = r.live if epoch == 0 and r.live else forward_with_hidden(policy, r.x)
         logp = obj.token_logprobs(logits, r.y)
         pg, clipped = obj.ppo_clip_loss(logp, r.logp_old, adv, r.mask, cfg.clip)
         # the critic reads detached features: a linear probe, so value errors never bend the policy
@@ -526,8 +537,8 @@ def grpo_update(policy: GPT, r: Rollout, opt, cfg: Config, beta: float) -> dict:
     adv_seq = obj.grpo_advantages(r.reward.view(-1, cfg.rl_group)).view(-1)
     adv = adv_seq[:, None] * r.mask
     policy.train()
-    for _ in range(cfg.rl_epochs):
-        logp = obj.token_logprobs(policy(r.x), r.y)
+    for epoch in range(cfg.rl_epochs):
+        logp = obj.token_logprobs(r.live[0] if epoch == 0 and r.live else policy(r.x), r.y)
         pg, clipped = obj.ppo_clip_loss(logp, r.logp_old, adv, r.mask, cfg.clip)
         kl = (obj.kl_estimates(logp, r.logp_ref)["k3"] * r.mask).sum() / r.mask.sum()
         (pg + beta * kl).backward()
@@ -550,7 +561,7 @@ def run_rl(method: str, sft_model: GPT, rm: RewardModel, tok, prompts: list[Exam
     draw = batch_sampler(prompts, cfg.rl_prompts, seed + 1)
     curve = []
     for step in tqdm(range(cfg.rl_updates + 1), desc=f"{method} beta={beta}", leave=False):
-        r = rollout(policy, ref, rm, tok, draw(), cfg, g)
+        r = rollout(policy, ref, rm, tok, draw(), cfg, g, keep_graph=step < cfg.rl_updates)
         curve.append({"step": step, **rollout_stats(r)})  # measured before this batch's update
         if step == cfg.rl_updates:
             break
