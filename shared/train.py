@@ -82,6 +82,31 @@ def loss_on(model: GPT, x: torch.Tensor, y: torch.Tensor, from_position: int = 0
     return model(x, y)[1]
 
 
+def optimizer_step(model: GPT, opt: torch.optim.Optimizer, data: TokenData, cfg: TrainConfig,
+                   data_gen: torch.Generator, lr: float, device, step: int = 0) -> float:
+    """One optimizer step at learning rate `lr`: `grad_accum` micro-batches of training windows,
+    backward, a check that the loss is finite, gradient clipping, AdamW. Returns the step's mean
+    loss. `train` calls it on its warm-up + cosine schedule; a chapter with a schedule of its own
+    (13: warm-up/stable/decay with forked cooldowns) calls it directly."""
+    device = torch.device(device)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    total = 0.0
+    for _ in range(cfg.grad_accum):
+        x, y = data.get_batch("train", cfg.batch_size, cfg.seq_len, data_gen, aligned=cfg.aligned, device=device)
+        with autocast(device, cfg):
+            loss = loss_on(model, x, y)
+        (loss / cfg.grad_accum).backward()
+        total += loss.item() / cfg.grad_accum
+    if not math.isfinite(total):
+        raise WorkbookError(f"loss became {total} at step {step} (lr {lr:.2e}): training diverged")
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return total
+
+
 @torch.no_grad()
 def evaluate(model: GPT, data: TokenData, cfg: TrainConfig, device, batches: int | None = None) -> float:
     """Mean validation loss (nats/token) over fixed batches: the same windows every call."""
@@ -170,21 +195,7 @@ def train(model: GPT, data: TokenData, cfg: TrainConfig, device="cpu", checkpoin
     for step in bar:
         t0 = time.perf_counter()
         lr = lr_at(step, cfg)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        total = 0.0
-        for _ in range(cfg.grad_accum):
-            x, y = data.get_batch("train", cfg.batch_size, cfg.seq_len, data_gen, aligned=cfg.aligned, device=device)
-            with autocast(device, cfg):
-                loss = loss_on(model, x, y)
-            (loss / cfg.grad_accum).backward()
-            total += loss.item() / cfg.grad_accum
-        if not math.isfinite(total):
-            raise WorkbookError(f"loss became {total} at step {step} (lr {lr:.2e}): training diverged")
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        total = optimizer_step(model, opt, data, cfg, data_gen, lr, device, step)
         bench.sync(device)
         compute_time += time.perf_counter() - t0
         history["step"].append(step + 1)

@@ -99,7 +99,7 @@ def test_cooled_copy_equals_a_run_of_that_length():
     tok = CharTokenizer.from_text(text)
     data = TokenData.from_text(text, tok, doc_separator="\n", cache=False)
     cfg = main.Config(sizes=[], held_out=(), steps=30, batch_size=2, seq_len=32, warmup=4)
-    tcfg = main.TrainConfig(lr=cfg.lr)
+    tcfg = main.train_config(cfg)
 
     def fresh():
         torch.manual_seed(0)

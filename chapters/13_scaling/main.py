@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -60,7 +59,7 @@ from shared.evaluate import story_loss
 from shared.model import GPT, GPTConfig
 from shared.results import save_json
 from shared.tokenizer import CharTokenizer
-from shared.train import TrainConfig, estimate_seconds, make_optimizer, summary_writer, train
+from shared.train import TrainConfig, estimate_seconds, make_optimizer, optimizer_step, summary_writer, train
 
 CHAPTER = "13_scaling"
 HERE = Path(__file__).resolve().parent
@@ -124,24 +123,21 @@ def lr_wsd(step: int, end: int, cfg: Config) -> float:
     return cfg.lr if step < decay_from else cfg.lr * (end - step) / (end - decay_from)
 
 
+def train_config(cfg: Config) -> TrainConfig:
+    """The optimizer and batch settings of every run (the lr is set per step by lr_wsd):
+    weight decay 0.1 on matrices, betas (0.9, 0.95), gradient clipping at 1, aligned windows."""
+    return TrainConfig(lr=cfg.lr, batch_size=cfg.batch_size, seq_len=cfg.seq_len, aligned=True, grad_clip=1.0)
+
+
 def run_steps(model, opt, data, gen, cfg: Config, first: int, last: int, end: int, device, writer=None,
               bar=None) -> float:
     """Optimizer steps first..last-1 of a run that ends (cools down) at `end`. Returns seconds."""
-    t0 = time.perf_counter()
+    t0, tcfg = time.perf_counter(), train_config(cfg)
     for step in range(first, last):
         lr = lr_wsd(step, end, cfg)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        x, y = data.get_batch("train", cfg.batch_size, cfg.seq_len, gen, aligned=True, device=device)
-        loss = model(x, y)[1]
-        loss.backward()
-        if not math.isfinite(loss.item()):
-            raise WorkbookError(f"loss became {loss.item()} at step {step} (lr {lr:.2e}): training diverged")
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        loss = optimizer_step(model, opt, data, tcfg, gen, lr, device, step)
         if writer is not None:
-            writer.add_scalar("loss/train", loss.item(), step + 1)
+            writer.add_scalar("loss/train", loss, step + 1)
             writer.add_scalar("lr", lr, step + 1)
         if bar is not None:
             bar.update(1)
@@ -167,7 +163,7 @@ def train_one(size, steps: int, cfg: Config, data: TokenData, tok, stories, devi
     the run of length D, without re-training its trunk. Returns the run record."""
     torch.manual_seed(seed)
     model = GPT(model_config(size, tok.vocab_size, cfg.seq_len)).to(device).train()
-    tcfg = TrainConfig(lr=cfg.lr)                   # weight decay 0.1 on matrices, betas (0.9, 0.95)
+    tcfg = train_config(cfg)
     opt = make_optimizer(model, tcfg)
     gen = torch.Generator().manual_seed(seed)
     writer = summary_writer(log_dir)
