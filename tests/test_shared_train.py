@@ -9,7 +9,7 @@ from shared.data import TokenData, load_text
 from shared.errors import WorkbookError
 from shared.model import GPT, GPTConfig
 from shared.tokenizer import CharTokenizer
-from shared.train import TrainConfig, lr_at, train
+from shared.train import TrainConfig, lr_at, make_optimizer, optimizer_step, train
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +116,24 @@ def test_gradient_accumulation_equals_large_batch(data):
     train(m2, Fixed(), TrainConfig(batch_size=4, grad_accum=2, **base), progress=False, measure_peak=False)
     for a, b in zip(m1.parameters(), m2.parameters()):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_optimizer_step_sets_the_lr_and_stops_a_diverged_run(data):
+    """optimizer_step is train's step: the lr it is given lands in every group, the loss it
+    returns is the batch's, and a non-finite loss stops training with the step and lr named
+    (before AdamW could spread the NaN into every weight)."""
+    d, tok = data
+    m = model(tok.vocab_size)
+    opt = make_optimizer(m, CFG)
+    loss = optimizer_step(m, opt, d, CFG, torch.Generator().manual_seed(0), 1e-4, "cpu", step=0)
+    assert math.isfinite(loss) and 2.0 < loss < 5.0                # ~ln(vocab) at the start
+    assert {g["lr"] for g in opt.param_groups} == {1e-4}
+    with torch.no_grad():
+        m.lm_head.weight.fill_(float("nan"))
+    before = next(m.blocks.parameters()).clone()                   # (lm_head is tied to tok_emb)
+    with pytest.raises(WorkbookError, match=r"loss became nan at step 7 \(lr 2.00e-03\)"):
+        optimizer_step(m, opt, d, CFG, torch.Generator().manual_seed(0), 2e-3, "cpu", step=7)
+    assert torch.equal(next(m.blocks.parameters()), before)        # no update was applied
 
 
 def test_lr_schedule_warmup_then_cosine():
