@@ -141,6 +141,7 @@ def draw_examples(wood, n: int, seed: int, max_chars: int, tasks=None, avoid=fro
     story in `avoid` (so held-out questions are about stories never trained on)."""
     out, batch_seed = [], seed
     while len(out) < n:
+        # wood.instruction_examples(4 * n), drawn lazily: stop generating stories once n are kept
         for ex in itertools.islice(wood.iter_instruction_examples(seed=batch_seed), 4 * n):
             if len(ex["prompt"]) <= max_chars and ex["story"] not in avoid and (tasks is None or ex["task"] in tasks):
                 out.append(Example(ex["task"], ex["prompt"], ex["response"], ex["story"]))
@@ -153,6 +154,7 @@ def draw_examples(wood, n: int, seed: int, max_chars: int, tasks=None, avoid=fro
 def draw_pairs(wood, n: int, seed: int, max_chars: int, avoid=frozenset()) -> list[dict]:
     out, batch_seed = [], seed
     while len(out) < n:
+        # wood.preference_pairs(4 * n), drawn lazily: stop generating stories once n pairs are kept
         for p in itertools.islice(wood.iter_preference_pairs(16 * n, seed=batch_seed), 4 * n):
             story = p["prompt"].split("\n")[0].removeprefix("Story: ")
             if len(p["prompt"]) <= max_chars and story not in avoid:

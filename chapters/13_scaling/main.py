@@ -333,9 +333,11 @@ def scaling(run, cfg: Config) -> dict:
     floor = runs[0]["curve"][-1]["floor"]  # exact -ln p(story)/chars on the eval stories (same for all)
 
     # which sizes the law is fitted to: those past the fast drop (fewer than 3 left: all of them)
-    fitted = [r for r in runs if past_fast_drop(r, cfg)]
+    fitted = []
     for r in runs:
-        if r not in fitted:
+        if past_fast_drop(r, cfg):
+            fitted.append(r)
+        else:
             print(f"  N={r['params']:,} is still in the fast drop (loss {r['curve'][0]['loss']:.3f} at "
                   f"{r['curve'][0]['step']} steps, {r['final_loss']:.3f} at {r['steps']}): not fitted")
     regime_rule_applied = len(fitted) >= 3
