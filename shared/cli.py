@@ -55,12 +55,31 @@ def parser(chapter: str, description: str | None = None) -> argparse.ArgumentPar
                         "preset, visualizations/runs/<preset>/ otherwise)")
     p.add_argument("--checkpoints", type=Path, default=paths.CHECKPOINTS,
                    help="where trained models are cached (default: models/checkpoints)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=_threads, default=None, metavar="N|auto",
+                   help="torch CPU threads (default: torch's choice, one per core); auto: only the cores "
+                        "the load average leaves free (at least 1)")
     p.add_argument("--text", default=None, metavar="SOURCE",
                    help="text to train/evaluate on, where the chapter uses text: wood | english | a file or "
                         "folder | hf:NAME[:SPLIT[:COLUMN]] (local/cached datasets) | an http(s) URL "
                         "(default: the chapter's own choice)")
     return p
+
+
+def _threads(value: str) -> int | str:
+    if value == "auto":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of threads or 'auto', got {value!r}")
+    return int(value)
+
+
+def auto_threads(cores: int | None = None, load: float | None = None) -> int:
+    """Threads for `--threads auto`: the cores that the 1-minute load average leaves free, at least
+    one. Why: a second thread whose core is busy with other work makes every matmul wait for it
+    (up to 10x slower training steps on a busy 2-core machine), while one thread loses at most 2x."""
+    cores = cores or os.cpu_count() or 1
+    load = os.getloadavg()[0] if load is None else load
+    return max(1, min(cores, torch.get_num_threads(), int(cores - load + 0.5)))
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -219,7 +238,11 @@ def _human_seconds(s: float) -> str:
 def setup(p: argparse.ArgumentParser, argv: list[str] | None = None, header: bool = True) -> Run:
     args = p.parse_args(argv)
     preset = "quick" if args.quick else "full" if args.full else "default"
-    if args.threads:
+    if args.threads == "auto":
+        threads = auto_threads()
+        print(f"threads: auto -> {threads} (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+        torch.set_num_threads(threads)
+    elif args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     seed_everything(args.seed)

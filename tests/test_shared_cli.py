@@ -45,6 +45,28 @@ def test_unknown_flag_is_one_error_line_and_exit_2():
     assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("error:")
 
 
+def test_threads_auto_leaves_the_busy_cores_alone(monkeypatch, capsys):
+    before = torch.get_num_threads()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert cli.auto_threads(cores=2, load=0.1) == 2          # idle: every core
+    assert cli.auto_threads(cores=2, load=1.2) == 1          # one core busy with other work
+    assert cli.auto_threads(cores=2, load=6.0) == 1          # never fewer than one
+    assert cli.auto_threads(cores=16, load=3.0) == 2         # capped by torch's own choice
+    monkeypatch.undo()
+    monkeypatch.setattr(cli.os, "getloadavg", lambda: (1.4, 1.0, 1.0))
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 2)
+    try:
+        cli.setup(cli.parser("99_demo"), ["--quick", "--threads", "auto"], header=False)
+        assert torch.get_num_threads() == 1
+        assert "threads: auto -> 1 (load average 1.4 on 2 cores)" in capsys.readouterr().out
+    finally:
+        torch.set_num_threads(before)
+    for bad in ("0", "two"):
+        with pytest.raises(SystemExit) as e:
+            cli.parser("99_demo").parse_args(["--threads", bad])
+        assert e.value.code == 2
+
+
 def test_run_main_turns_workbook_errors_into_one_line():
     code = ("from shared import cli\nfrom shared.errors import WorkbookError\n"
             "def main():\n    raise WorkbookError('vocab too small')\ncli.run_main(main)")
