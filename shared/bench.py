@@ -6,12 +6,11 @@ import ctypes
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
 
 import torch
-
 
 
 def sync(device: torch.device | str) -> None:

@@ -264,7 +264,7 @@ class HundredAcreWood:
         arrays = {k: np.array(v) for k, v in dists.items()}
         for name, _, _ in self.LONG_RANGE:
             out["p_lost"][name] = [float((arrays[name] > c).mean()) for c in contexts]
-        for i, c in enumerate(contexts):
+        for i in range(len(contexts)):
             extra = sum(bits * out["p_lost"][name][i] for name, bits, _ in self.LONG_RANGE)
             out["nats_per_char"].append((ent["bits_per_story"] + extra) * math.log(2) / ent["chars_per_story"])
         return out

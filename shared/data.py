@@ -89,7 +89,7 @@ class TokenData:
 
     @classmethod
     def from_text(cls, text: str, tokenizer, val_fraction: float = 0.1, doc_separator: str | None = None,
-                  cache: bool = True) -> "TokenData":
+                  cache: bool = True) -> TokenData:
         """Tokenize `text` (cached under data/processed by content + tokenizer) and split the
         last `val_fraction` off for validation. With `doc_separator` (e.g. "\\n" for the
         Hundred Acre Wood) the positions right after each separator are remembered, so

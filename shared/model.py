@@ -141,7 +141,7 @@ class KVCache:
         self.v[layer, :, :, self.pos:self.pos + t] = v
         return self.k[layer, :, :, :self.pos + t], self.v[layer, :, :, :self.pos + t]
 
-    def repeat(self, n: int) -> "KVCache":
+    def repeat(self, n: int) -> KVCache:
         """Each batch row n times over (row i becomes rows i*n .. i*n+n-1): a prompt prefilled
         once then serves n sampled continuations."""
         self.k, self.v = self.k.repeat_interleave(n, dim=1), self.v.repeat_interleave(n, dim=1)

@@ -25,7 +25,7 @@ class CharTokenizer:
         self.stoi = {c: i for i, c in enumerate(self.chars)}
 
     @classmethod
-    def from_text(cls, text: str) -> "CharTokenizer":
+    def from_text(cls, text: str) -> CharTokenizer:
         if not text:
             raise WorkbookError("cannot build a character tokenizer from empty text")
         return cls(text)
@@ -84,7 +84,7 @@ class BPETokenizer:
         self.tok = tok
 
     @classmethod
-    def train(cls, text: str, vocab_size: int, special_tokens=("<|endoftext|>",)) -> "BPETokenizer":
+    def train(cls, text: str, vocab_size: int, special_tokens=("<|endoftext|>",)) -> BPETokenizer:
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
         if vocab_size < 256 + len(special_tokens):

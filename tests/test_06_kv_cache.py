@@ -6,7 +6,6 @@ must equal a sliding-window model, and the sinks variant must keep its sink rows
 """
 from __future__ import annotations
 
-
 import pytest
 import torch
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from shared.errors import StackMissing
-from shared.model import GPT, MoE, GPTConfig
+from shared.model import GPT, GPTConfig, MoE
 from shared.testing import load_chapter_module, results_of, run_quick, run_script
 
 CH = "08_mixture_of_experts"

@@ -4,8 +4,8 @@ a wrong backward is caught, the hooks' bookkeeping, and the scripts end to end."
 
 import pytest
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 from torch.autograd import gradcheck
 
 from shared.model import GPT, GPTConfig

@@ -580,7 +580,7 @@ def test_quick_run_with_extras(tmp_path):
     assert len(x["classification"]["full"]["losses"]) == x["config"]["cls_steps"]
     cur = x["curriculum"]
     assert set(cur["runs"]) == set(X.ORDERS)
-    for order, runs in cur["runs"].items():
+    for runs in cur["runs"].values():
         assert len(runs) == x["config"]["cur_seeds"]
         for run_ in runs:
             assert len(run_["losses"]) == x["config"]["cur_steps"] and 0.0 <= run_["overall"] <= 1.0

@@ -1,8 +1,6 @@
 """Chapter 13: scaling-law fits, multi-process training, and the training-at-scale extras."""
 import json
-import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest

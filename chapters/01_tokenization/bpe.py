@@ -207,7 +207,7 @@ class BPE:
 
     @classmethod
     def train(cls, text: str, vocab_size: int, pattern: str = GPT4_PATTERN,
-              special_tokens=(ENDOFTEXT,), progress: bool = False, byte_order=None) -> "BPE":
+              special_tokens=(ENDOFTEXT,), progress: bool = False, byte_order=None) -> BPE:
         check_vocab_size(vocab_size, len(special_tokens))
         n_new = vocab_size - 256 - len(special_tokens)
         if not text:
@@ -221,7 +221,7 @@ class BPE:
     def vocab_size(self) -> int:
         return len(self.vocab) + len(self.special_tokens)
 
-    def truncated(self, vocab_size: int) -> "BPE":
+    def truncated(self, vocab_size: int) -> BPE:
         """The tokenizer training would have given at a smaller vocab: BPE merges form a
         sequence, so its first k tokens *are* the vocab-(256+k) tokenizer."""
         n_tokens = vocab_size - len(self.special_tokens)
@@ -304,7 +304,7 @@ class BPE:
         Path(path).write_text(json.dumps(data))
 
     @classmethod
-    def load(cls, path: Path) -> "BPE":
+    def load(cls, path: Path) -> BPE:
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as e:

@@ -21,18 +21,27 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # our own modules, run from anywhere
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `shared`, when run without uv
 
-from bpe import BPE, ENDOFTEXT, check_vocab_size  # noqa: E402
-from word_embeddings import (EmbedConfig, EmbeddingMLP, OneHotMLP, WordVocab, category_similarity,  # noqa: E402
-                        contexts, cosine_matrix, fit, input_params, pca_2d)
+from bpe import BPE, check_vocab_size  # noqa: E402
 from entropy_patching import byte_entropies, patch_lengths, patch_starts, threshold_for_mean  # noqa: E402
 from reference_tokenizers import hf_byte_order, hf_merges, merge_agreement, our_merges, train_hf  # noqa: E402
-from superwords import SuperwordBPE  # noqa: E402
-
 from shared import bench, cli  # noqa: E402
 from shared.corpus import CATEGORIES, HundredAcreWood, tokens_per_story  # noqa: E402
 from shared.data import TokenData, load_text  # noqa: E402
 from shared.errors import WorkbookError  # noqa: E402
 from shared.tokenizer import ByteTokenizer  # noqa: E402
+from superwords import SuperwordBPE  # noqa: E402
+from word_embeddings import (  # noqa: E402
+    EmbedConfig,
+    EmbeddingMLP,
+    OneHotMLP,
+    WordVocab,
+    category_similarity,
+    contexts,
+    cosine_matrix,
+    fit,
+    input_params,
+    pca_2d,
+)
 
 CHAPTER = "01_tokenization"
 MIN_TEXT_BYTES = 4000  # the byte model needs a few windows of held-out text to score

@@ -35,7 +35,7 @@ class SuperwordBPE:
         self._cache: dict[tuple, list[int]] = {}
 
     @classmethod
-    def train(cls, text: str, base: BPE, n_superwords: int, progress: bool = False) -> "SuperwordBPE":
+    def train(cls, text: str, base: BPE, n_superwords: int, progress: bool = False) -> SuperwordBPE:
         phrases = Counter()
         for run in _phrases(text, base):
             if len(run) > 1:
@@ -52,7 +52,7 @@ class SuperwordBPE:
     def special_ids(self) -> dict[int, str]:
         return self.base.special_ids
 
-    def truncated(self, n_superwords: int) -> "SuperwordBPE":
+    def truncated(self, n_superwords: int) -> SuperwordBPE:
         """The first `n_superwords` superwords (merges form a sequence, as in phase 1)."""
         first = len(self.base.vocab) + len(self.base.special_tokens)
         if n_superwords >= len(self.vocab) - first:  # asked for all we have (or more)

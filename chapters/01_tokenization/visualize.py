@@ -16,7 +16,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from entropy_patching import patch_starts  # noqa: E402
-
 from shared import cli, plotting  # noqa: E402
 from shared.results import atomic_write_bytes, load_json  # noqa: E402
 
@@ -245,7 +244,7 @@ def draw_embedding_training(r: dict, plots_dir: Path) -> Path:
     rest = [e["models"][n]["params_total"] - e["models"][n]["params_input"] for n in names]
     ax2.bar(names, inp, label="ids -> hidden layer")
     ax2.bar(names, rest, bottom=inp, label="hidden -> next word")
-    for i, n in enumerate(names):
+    for i in range(len(names)):
         ax2.text(i, inp[i] + rest[i], f"{inp[i] + rest[i]:,}", ha="center", va="bottom", fontsize=9)
     ax2.set_ylabel("parameters")
     ax2.set_title(f"Parameters (vocab {e['vocab']})")

@@ -21,7 +21,8 @@ from einops import rearrange
 from tqdm.auto import tqdm
 
 import positions as P  # this chapter's hand-written encodings
-from shared import cli, corpus, model as shared_model
+from shared import cli, corpus
+from shared import model as shared_model
 from shared.data import TokenData, load_text
 from shared.errors import WorkbookError
 from shared.model import GPT, GPTConfig

@@ -7,13 +7,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import matplotlib.pyplot as plt  # noqa: E402  (after shared.plotting picked the Agg backend)
 import numpy as np
 
 from shared import cli, plotting
-from shared.errors import WorkbookError
 from shared.results import load_json
-
-import matplotlib.pyplot as plt  # noqa: E402  (after shared.plotting picked the Agg backend)
 
 SCHEMES = ("learned", "sinusoidal", "rope", "alibi", "none", "sinusoidal_small")
 LABELS = {"learned": "learned", "sinusoidal": "sinusoidal", "rope": "RoPE", "alibi": "ALiBi", "none": "none (NoPE)",

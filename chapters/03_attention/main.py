@@ -434,7 +434,6 @@ def benchmark(cfg: Config, device: torch.device, gen: torch.Generator) -> list[d
         rows.append({"T": T, "explicit_ms": t_exp * 1e3, "sdpa_ms": t_fused * 1e3, "speedup": t_exp / t_fused,
                      "explicit_peak_MiB": mem_exp.bytes / 2**20, "sdpa_peak_MiB": mem_fused.bytes / 2**20,
                      "scores_MiB": cfg.bench_heads * T * T * 4 / 2**20, "max_abs_diff": diff})
-        del q, k, v, mask
     return rows
 
 

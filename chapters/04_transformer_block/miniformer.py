@@ -197,7 +197,7 @@ class MiniFormer(GPT):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
         self.breaks = Breaks()
 
-    def set_breaks(self, breaks: Breaks, noise_seed: int = 0) -> "MiniFormer":
+    def set_breaks(self, breaks: Breaks, noise_seed: int = 0) -> MiniFormer:
         """Apply `breaks` to every block (Breaks() repairs everything)."""
         self.breaks = breaks
         for block in self.blocks:
@@ -210,7 +210,7 @@ class MiniFormer(GPT):
         return self
 
     @classmethod
-    def from_gpt(cls, gpt: GPT) -> "MiniFormer":
+    def from_gpt(cls, gpt: GPT) -> MiniFormer:
         """Our model with a trained shared GPT's weights."""
         model = cls(gpt.cfg)
         model.load_state_dict(gpt.state_dict())

@@ -20,7 +20,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -119,9 +118,13 @@ CHECK_RULES = [SamplerConfig(0.7), SamplerConfig(1.3, top_k=5), SamplerConfig(1.
 
 def hf_warpers(rule: SamplerConfig):
     """The same rule as a Hugging Face LogitsProcessorList, in the order `generate` builds it."""
-    from transformers.generation.logits_process import (LogitsProcessorList, MinPLogitsWarper,
-                                                        TemperatureLogitsWarper, TopKLogitsWarper,
-                                                        TopPLogitsWarper)
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        MinPLogitsWarper,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
 
     chain = LogitsProcessorList([TemperatureLogitsWarper(float(rule.temperature))])
     if rule.top_k:

@@ -46,7 +46,6 @@ def filters(r: dict, plots_dir: Path) -> Path:
     fig, axes = plt.subplots(len(examples), 4, figsize=(16, 3.6 * len(examples)), squeeze=False)
     for row, ex in zip(axes, examples):
         chars = [c.replace("\n", "⏎").replace(" ", "␣") for c in ex["chars"]]
-        model_p = np.array(ex["model_probs"])
         rules = ex["rules"]
         t2 = np.array(rules["T=2"]["probs"])
         top = np.argsort(-t2)[:12]  # the 12 most likely at T=2 (the widest distribution shown)

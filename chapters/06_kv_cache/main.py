@@ -17,7 +17,6 @@ model and then:
 """
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np

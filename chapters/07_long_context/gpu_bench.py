@@ -10,7 +10,6 @@ from tqdm.auto import tqdm
 
 from shared import bench, stacks
 from shared.errors import StackMissing
-
 from tiled_attention import attention_flops, full_attention, tiled_attention
 from triton_attention import triton_attention
 

@@ -37,9 +37,14 @@ from shared.evaluate import story_loss
 from shared.model import GPT, GPTConfig
 from shared.tokenizer import CharTokenizer
 from shared.train import TrainConfig, estimate_seconds, train
-
-from tiled_attention import (LargestTensor, attention_flops, attention_mask, full_attention, online_softmax,
-                             tiled_attention)
+from tiled_attention import (
+    LargestTensor,
+    attention_flops,
+    attention_mask,
+    full_attention,
+    online_softmax,
+    tiled_attention,
+)
 
 
 @dataclass

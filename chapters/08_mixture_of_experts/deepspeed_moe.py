@@ -71,7 +71,7 @@ class DeepSpeedMoEBlock(nn.Module):
         self.exp_counts = counts
         return y
 
-    def copy_from(self, ours: nn.Module) -> "DeepSpeedMoEBlock":
+    def copy_from(self, ours: nn.Module) -> DeepSpeedMoEBlock:
         """Take the router and expert weights of a MoELayer / shared MoE."""
         inner = self.moe.deepspeed_moe
         with torch.no_grad():

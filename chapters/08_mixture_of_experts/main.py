@@ -7,7 +7,6 @@ parameters on the Hundred Acre Wood and watch the experts: how evenly they are u
 without the balancing loss, what dropping costs, and whether they specialise on word categories."""
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import asdict, dataclass
 
@@ -15,13 +14,24 @@ import torch
 from tqdm.auto import tqdm
 
 from deepspeed_moe import deepspeed_gpt, load_deepspeed
-from moe import (MoELayer, MoESettings, capacity_keep_mask, expert_capacity, expert_fractions, load_balancing_loss,
-                 moe_gpt, moe_layers, route, router_z_loss, set_capacity)
+from moe import (
+    MoELayer,
+    MoESettings,
+    capacity_keep_mask,
+    expert_capacity,
+    expert_fractions,
+    load_balancing_loss,
+    moe_gpt,
+    moe_layers,
+    route,
+    router_z_loss,
+    set_capacity,
+)
 from shared import bench, cli, stacks
 from shared.corpus import CATEGORIES, HundredAcreWood
 from shared.data import TokenData, load_text
 from shared.errors import StackMissing, WorkbookError
-from shared.model import GPT, MoE, GPTConfig
+from shared.model import GPT, GPTConfig, MoE
 from shared.tokenizer import CharTokenizer
 from shared.train import TrainConfig, estimate_seconds, evaluate, train
 

@@ -87,7 +87,7 @@ class LatentAttention(nn.Module):
         self.o_proj = nn.Linear(cfg.n_head * hd, cfg.d_model, bias=False)
 
     @classmethod
-    def from_attention(cls, attn: nn.Module, d_latent: int) -> "LatentAttention":
+    def from_attention(cls, attn: nn.Module, d_latent: int) -> LatentAttention:
         """Factor an existing layer's stacked [W_k; W_v] by truncated SVD:
         [W_k; W_v] ≈ (U_r S_r) V_rᵀ, so W_down = V_rᵀ and [W_uk; W_uv] = U_r S_r.
         With d_latent = rank([W_k; W_v]) (at most d_model) this is exact."""

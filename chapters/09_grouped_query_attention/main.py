@@ -8,8 +8,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from attention_variants import (effective_rank, greedy_decode_mla, kv_cache_bytes, latent_bytes_per_token, to_gqa,
-                                to_mla)
+from attention_variants import effective_rank, greedy_decode_mla, kv_cache_bytes, latent_bytes_per_token, to_gqa, to_mla
 from shared import bench, cli, zoo
 from shared.corpus import HundredAcreWood
 from shared.errors import WorkbookError

@@ -182,7 +182,7 @@ def draw_residual(r, plots_dir):
     axes[1].set(xlabel="after block", ylabel="residual stream values", title="their distribution at the end")
     axes[1].legend(fontsize=8)
     # why RMSNorm could drop the mean: how far off-centre are the rows a norm sees?
-    for k, row in enumerate(b for b in r["bake_off"] if b["activation"] == "gelu" and b["norm_position"] == "pre"
+    for row in (b for b in r["bake_off"] if b["activation"] == "gelu" and b["norm_position"] == "pre"
                                     and "seed" not in b["recipe"]):
         last = row["record"]["snapshots"][-1]["layers"]
         axes[2].plot(range(1, len(last) + 1), [layer["resid_mean_over_rms"] for layer in last], "o-",

@@ -15,8 +15,16 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from objectives import (OBJECTIVES, MaskedLM, WordTokenizer, bert_corrupt, bidirectional_mask, causal_mask,
-                        objective_batch, prefix_mask)
+from objectives import (
+    OBJECTIVES,
+    MaskedLM,
+    WordTokenizer,
+    bert_corrupt,
+    bidirectional_mask,
+    causal_mask,
+    objective_batch,
+    prefix_mask,
+)
 from shared import bench, cli
 from shared.corpus import CATEGORIES, HundredAcreWood
 from shared.data import TokenData, load_text
@@ -246,7 +254,6 @@ def mlm_fill(model, text: str, tok, gen: torch.Generator, device) -> dict:
     inputs, targets, how = bert_corrupt(ids[None], tok.mask_id, tok.vocab_size - 1, gen, p_mask=1.0, p_random=0.0)
     logits = model(inputs.to(device), bidirectional_mask(len(ids)))[0]
     guesses = logits.argmax(-1).cpu()
-    filled = torch.where(targets[0] != -100, guesses, ids)
     blanks = int((targets != -100).sum())
     right = int(((guesses == ids) & (targets[0] != -100)).sum())
     pieces = tok.split(text)

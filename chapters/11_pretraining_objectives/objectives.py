@@ -38,7 +38,7 @@ class WordTokenizer:
         self.mask_id = self.stoi[MASK_TOKEN]
 
     @classmethod
-    def from_text(cls, text: str) -> "WordTokenizer":
+    def from_text(cls, text: str) -> WordTokenizer:
         pieces = cls.PATTERN.findall(text)
         if "".join(pieces) != text:
             raise WorkbookError("the word tokenizer only handles letters, punctuation, single spaces and newlines")

@@ -64,7 +64,7 @@ def add_lora(model: nn.Module, r: int = 8, alpha: float = 16.0, targets=TARGETS,
         p.requires_grad_(False)
     g = torch.Generator().manual_seed(seed)
     wrapped = []
-    for name, module in list(model.named_modules()):
+    for _, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, nn.Linear) and child_name in targets:
                 lora = LoRALinear(child, r, alpha, g)

@@ -43,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -573,9 +573,9 @@ def notes_markdown(results: dict, dist_path: Path, extras_path: Path | None = No
           f"{c['lr']:g} for every size, WSD schedule with a {c['cooldown']:.0%} linear cooldown to 0; each size is "
           f"also scored at {c['measure_at'][0]:g} D by a cooled-down copy of its trunk. A size is fitted only when it is "
           f"past the fast drop: loss at {c['measure_at'][0]:g} D < {c['drop_ratio']:g} x its final loss"
-          + ("" if s["regime_rule_applied"] else " (fewer than 3 sizes passed: all fitted)") + f". MFU is against the fp32 matmul peak measured just "
-          f"before each run (column 'peak GFLOP/s'); under load both drift. Wall s includes the cooldown copies "
-          f"and the scoring.\n\n"
+          + ("" if s["regime_rule_applied"] else " (fewer than 3 sizes passed: all fitted)") + ". MFU is against the fp32 matmul peak measured just "
+          "before each run (column 'peak GFLOP/s'); under load both drift. Wall s includes the cooldown copies "
+          "and the scoring.\n\n"
           + cli.markdown_table(rows) + "\n\n" + cli.markdown_table(fits)
           + (f"\n\nOn the final losses along the rule: L(N) = (N_c/N)^alpha_N with alpha_N = {pl['alpha_N']:.3f} "
              f"(Kaplan et al.: {KAPLAN['alpha_N']}); L(N) = E + A/N^alpha with E = floor: alpha = {pf['alpha']:.3f}.\n\n"

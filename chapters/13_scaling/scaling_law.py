@@ -47,7 +47,7 @@ class ChinchillaFit:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ChinchillaFit":
+    def from_dict(cls, d: dict) -> ChinchillaFit:
         return cls(**d)
 
     def compute_optimal(self, C):
