@@ -15,3 +15,16 @@ class StackMissing(WorkbookError):
     def __init__(self, stack: str, why: str, enable: str):
         self.stack, self.why, self.enable = stack, why, enable
         super().__init__(f"{stack} unavailable: {why}; enable with: {enable}")
+
+
+class SelfCheckError(Exception):
+    """Our implementation disagrees with its reference (torch, HF, a closed form): a bug in the
+    workbook, not in the user's input. Raised by every self-check in every chapter, so a failed
+    check always reads the same way; `shared.cli` prints it as one `self-check failed:` line
+    and exits 3 (tests see the exception itself)."""
+
+
+def self_check(ok: bool, message: str) -> None:
+    """Raise SelfCheckError(message) unless `ok`: the one way chapters assert against a reference."""
+    if not ok:
+        raise SelfCheckError(message)

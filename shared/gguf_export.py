@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from shared.errors import WorkbookError
+from shared.files import atomic_path
 from shared.model import GPT, GPTConfig
 
 TYPES = ("f32", "f16", "q8_0", "q4_0")
@@ -168,7 +169,14 @@ def export(model: GPT, tokenizer, path: Path, kind: str = "f32", name: str = "wo
     if tokenizer.vocab_size != cfg.vocab_size:
         raise WorkbookError(f"tokenizer has {tokenizer.vocab_size} tokens but the model {cfg.vocab_size}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:  # a killed export leaves the old file, never a 0-byte one
+        types = _write(gguf, model, tokenizer, tmp, kind, name)
+    return {"path": str(path), "kind": kind, "bytes": path.stat().st_size, "tensor_types": types,
+            "bits_per_weight": bits_per_weight(path)}
+
+
+def _write(gguf, model: GPT, tokenizer, path: Path, kind: str, name: str) -> dict:
+    cfg = model.cfg
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_name(name)
     writer.add_context_length(cfg.block_size)
@@ -204,8 +212,7 @@ def export(model: GPT, tokenizer, path: Path, kind: str = "f32", name: str = "wo
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return {"path": str(path), "kind": kind, "bytes": path.stat().st_size, "tensor_types": types,
-            "bits_per_weight": bits_per_weight(path)}
+    return types
 
 
 # ----------------------------------------------------------------------------- reading back

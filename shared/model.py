@@ -461,3 +461,27 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator)
+
+
+@torch.no_grad()
+def attention_weights(model: GPT, idx: torch.Tensor) -> torch.Tensor:
+    """Every layer's attention weights for one sequence: (layers, heads, T, T), rows summing to 1.
+
+    Runs one forward with each block's written-out softmax(QK^T/sqrt(d))V path recording its
+    weights (the fused kernels never materialise them), then switches recording off again, so
+    the model is left exactly as it was."""
+    if idx.dim() == 1:
+        idx = idx[None]
+    if idx.shape[0] != 1:
+        raise ValueError(f"attention_weights takes one sequence, got a batch of {idx.shape[0]}")
+    was_training = model.training
+    model.eval()
+    try:
+        for block in model.blocks:
+            block.attn.record = True
+        model(idx)
+        return torch.stack([block.attn.weights[0] for block in model.blocks]).float().cpu()
+    finally:
+        for block in model.blocks:
+            block.attn.record, block.attn.weights = False, None
+        model.train(was_training)

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from shared.errors import WorkbookError
+from shared.files import atomic_write_bytes  # noqa: F401  (re-exported: older callers import it from here)
 
 
 def _to_jsonable(obj: Any) -> Any:
@@ -32,20 +31,6 @@ def _to_jsonable(obj: Any) -> Any:
     if hasattr(obj, "tolist"):  # torch tensors
         return _to_jsonable(obj.tolist())
     return obj
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_json(path: Path, obj: Any) -> None:
