@@ -341,7 +341,7 @@ class Laps:
 
 
 def main(argv=None):
-    p = cli.parser(CHAPTER, __doc__)
+    p = cli.parser(CHAPTER, __doc__, text=True)
     p.add_argument("--vocab-size", type=int, default=None, help="BPE vocab incl. 256 bytes and <|endoftext|>")
     run = cli.setup(p, argv)
     source = run.args.text or "english"  # Python's own docs, ~465 KB of English

@@ -298,7 +298,7 @@ def rope_animation_data(head_dim: int, n_positions: int, offset: int = 4) -> dic
 
 # ============================================================================= the lesson
 def main(argv=None):
-    p = cli.parser(CHAPTER, __doc__)
+    p = cli.parser(CHAPTER, __doc__, text=True)
     p.add_argument("--schemes", default=",".join(VARIANTS),
                    help=f"comma-separated subset of {','.join(VARIANTS)} to train (default: all)")
     p.add_argument("--train-len", type=int, default=None, help="training sequence length (default: the preset's)")

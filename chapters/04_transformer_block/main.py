@@ -340,7 +340,7 @@ def numpy_part(run, sz: Sizes, text: str, tok) -> dict:
 
 # ============================================================================ the lesson
 def main(argv=None):
-    p = cli.parser("04_transformer_block", __doc__)
+    p = cli.parser("04_transformer_block", __doc__, text=True)
     p.add_argument("--part", choices=["all", "block", "numpy"], default="all",
                    help="block: the MiniFormer and the break-it experiments; numpy: only 04b")
     p.add_argument("--steps", type=int, default=None, help="training steps of the main MiniFormer (default: preset)")

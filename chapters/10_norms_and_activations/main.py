@@ -212,7 +212,7 @@ def parse_lrs(text: str) -> list[float]:
 
 # ============================================================================ main
 def main(argv=None):
-    p = cli.parser("10_norms_and_activations", __doc__)
+    p = cli.parser("10_norms_and_activations", __doc__, text=True)
     p.add_argument("--steps", type=int, default=None, help="training steps per bake-off model (default: preset)")
     p.add_argument("--deep-layers", type=int, default=None, help="depth of the pre/post-norm stack (default: preset)")
     p.add_argument("--lrs", default=None, help="learning rates of the warm-up sweep, comma-separated (default: preset)")

@@ -267,7 +267,7 @@ def mlm_fill(model, text: str, tok, gen: torch.Generator, device) -> dict:
 # ----------------------------------------------------------------------------- the lesson
 def main(argv=None):
     global MAX_LEN
-    p = cli.parser("11_pretraining_objectives", __doc__)
+    p = cli.parser("11_pretraining_objectives", __doc__, text=True)
     p.add_argument("--steps", type=int, default=None, help="training steps per objective")
     p.add_argument("--no-extras", action="store_true", help="skip the Large Concept Model and Poincaré sections")
     run = cli.setup(p, argv)
