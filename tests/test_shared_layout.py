@@ -285,3 +285,14 @@ def test_attention_weights_shape_rows_and_restores_the_model():
     k = attn.k_proj(seen["x"]).view(1, 9, 3, 4).transpose(1, 2)
     scores = (q @ k.transpose(-2, -1) / 2.0).masked_fill(torch.ones(9, 9).triu(1).bool(), float("-inf"))
     assert torch.allclose(w[0], scores.softmax(-1)[0], atol=1e-5)
+
+
+def test_workbook_passes_threads_out_and_checkpoints_to_every_chapter(tmp_path):
+    from shared import workbook
+
+    p_args = workbook.argparse.Namespace(device="cpu", seed=3, threads=1, out=tmp_path, checkpoints=None)
+    cmd = workbook.chapter_command("03_attention", "quick", p_args)
+    assert cmd[1].endswith("chapters/03_attention/main.py")
+    assert cmd[2:] == ["--quick", "--device", "cpu", "--seed", "3", "--threads", "1", "--out", str(tmp_path)]
+    r = subprocess.run([sys.executable, "-m", "shared.workbook", "--seed", "-1"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "a seed between" in r.stderr
