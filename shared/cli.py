@@ -46,6 +46,7 @@ import torch
 
 from shared import paths
 from shared.errors import SelfCheckError, WorkbookError
+from shared.files import remove_stale_temps
 from shared.report import NOTES_BEGIN, NOTES_END, markdown_table  # noqa: F401  (older chapters call cli.*)
 
 PRESETS = ("quick", "default", "full")
@@ -393,6 +394,8 @@ def setup(p: argparse.ArgumentParser, argv: list[str] | None = None, header: boo
         paths.VISUALIZATIONS if preset == "default" else paths.VISUALIZATIONS / "runs" / preset)
     _writable_dir(Path(out), "--out")
     _writable_dir(Path(args.checkpoints), "--checkpoints")
+    for folder in (Path(out) / "results", Path(out) / "plots" / args.chapter, Path(args.checkpoints)):
+        remove_stale_temps(folder)  # what a killed save left behind (never a file in flight: only old ones)
     run = Run(chapter=args.chapter, preset=preset, device=device, seed=args.seed,
               out=Path(out), checkpoints=Path(args.checkpoints), args=args)
     _ACTIVE.append(run)
