@@ -32,6 +32,7 @@ import os
 import platform
 import random
 import resource
+import signal
 import sys
 import tempfile
 import time
@@ -388,6 +389,7 @@ def setup(p: argparse.ArgumentParser, argv: list[str] | None = None, header: boo
             print(f"warning: --threads {args.threads} is more than this machine's {cores} cores; "
                   "the extra threads only wait on each other", file=sys.stderr)
         torch.set_num_threads(args.threads)
+    _exit_cleanly_on_sigterm()
     device = pick_device(args.device)
     seed_everything(args.seed)
     out = args.out if args.out is not None else (
@@ -403,6 +405,20 @@ def setup(p: argparse.ArgumentParser, argv: list[str] | None = None, header: boo
         print(f"[{run.chapter}] preset={preset} device={device} ({machine_description(device)}) "
               f"threads={torch.get_num_threads()} seed={args.seed} torch={torch.__version__}", flush=True)
     return run
+
+
+def _exit_cleanly_on_sigterm() -> None:
+    """`kill` (SIGTERM) unwinds like Ctrl+C: `finally` blocks run, temporary folders go, child
+    process groups are killed, and the exit status is the usual 128 + 15."""
+    def terminate(signum, frame):
+        print("terminated: no results were written" if not any(r.results_written for r in _ACTIVE)
+              else "terminated after the results were written", file=sys.stderr)
+        raise SystemExit(143)
+
+    try:
+        signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread (e.g. a test runner's worker thread): leave it alone
+        pass
 
 
 # ============================================================================ the new layout

@@ -1,6 +1,7 @@
 """Chapter 13: scaling-law fits, multi-process training, and the training-at-scale extras."""
 import json
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -531,3 +532,40 @@ def test_tensorboard_flag(quick_run):
     else:
         assert len(lines) == 1 and "uv sync --extra tensorboard" in lines[0] and "TensorBoard" in lines[0]
         assert not (out / "tb").exists()
+
+
+def test_an_interrupted_launch_takes_its_workers_with_it(tmp_path):
+    """A launcher killed by the timeout (or Ctrl+C / SIGTERM) must not leave orphaned workers."""
+    import sys
+    import time
+
+    pid_file = tmp_path / "worker.pid"
+    worker = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    launcher = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {worker!r}]); time.sleep(60)"
+    with pytest.raises(subprocess.TimeoutExpired):
+        main.run_process_group([sys.executable, "-c", launcher], timeout=3)
+    pid = int(pid_file.read_text())
+    time.sleep(0.5)
+    status = Path(f"/proc/{pid}/status")
+    # gone, or a zombie waiting for init to reap it: either way it no longer runs
+    assert not status.exists() or "\nState:\tZ" in status.read_text()
+
+
+def test_sigterm_unwinds_like_ctrl_c(tmp_path):
+    """kill (SIGTERM) runs `finally` blocks (temporary folders, child groups) and exits 143 with one line."""
+    import signal
+    import sys
+    import time
+
+    marker = tmp_path / "cleaned"
+    code = ("import time\nfrom shared import cli\n"
+            f"run = cli.setup(cli.parser('99_demo'), ['--quick', '--out', {str(tmp_path / 'o')!r}, "
+            f"'--checkpoints', {str(tmp_path / 'c')!r}], header=False)\n"
+            f"try:\n    print('ready', flush=True)\n    time.sleep(60)\nfinally:\n    open({str(marker)!r}, 'w')\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143 and marker.exists()
+    assert err.strip() == "terminated: no results were written"

@@ -38,7 +38,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -410,7 +410,30 @@ def distributed(run, steps: int, timeout: float) -> dict:
     except StackMissing as e:
         stacks.skipped(e, "DeepSpeed ZeRO stages")
     run.estimate(seconds=12 * len(jobs), what=f"{len(jobs)} launches (process start-up dominates)")
-    tmp = Path(tempfile.mkdtemp(prefix="13_scaling_workers_"))  # the workers' own JSON files
+    with tempfile.TemporaryDirectory(prefix="13_scaling_workers_") as tmp:  # the workers' own JSON files
+        results = launch_all(jobs, Path(tmp), common, timeout)
+    ref = next(r for r in results if r["mode"] == "single" and not r.get("failed"))
+    for r in results:
+        if not r.get("failed"):
+            r["max_abs_loss_diff_vs_single"] = float(np.max(np.abs(np.array(r["losses"]) - np.array(ref["losses"]))))
+    return {"runs": results, "steps": steps}
+
+
+def run_process_group(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run a launcher and its workers as one process group: if we are interrupted (Ctrl+C, SIGTERM,
+    the timeout), the whole group goes with us instead of orphaned workers holding the port."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=worker_env(),
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def launch_all(jobs: list, tmp: Path, common: list[str], timeout: float) -> list[dict]:
     results = []
     for i, (mode, zero) in enumerate(jobs):
         out = tmp / f"{mode}{zero}.json"
@@ -418,7 +441,7 @@ def distributed(run, steps: int, timeout: float) -> dict:
         cmd = launch_commands(mode, zero, 29500 + (os.getpid() + i) % 400, common, out)
         label = mode if mode != "deepspeed" else f"deepspeed ZeRO-{zero}"
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=worker_env(), timeout=timeout)
+        proc = run_process_group(cmd, timeout)
         wall = time.perf_counter() - t0
         if proc.returncode != 0 or not out.exists():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
@@ -431,12 +454,7 @@ def distributed(run, steps: int, timeout: float) -> dict:
         results.append(r)
         print(f"  {label:20s} world={r['world_size']}  final loss {r['losses'][-1]:.6f}  "
               f"launch+train {wall:.1f} s  optimizer state/rank {r['per_rank'][0]['optimizer_state_bytes'] / 2**20:.2f} MiB")
-    shutil.rmtree(tmp, ignore_errors=True)
-    ref = next(r for r in results if r["mode"] == "single" and not r.get("failed"))
-    for r in results:
-        if not r.get("failed"):
-            r["max_abs_loss_diff_vs_single"] = float(np.max(np.abs(np.array(r["losses"]) - np.array(ref["losses"]))))
-    return {"runs": results, "steps": steps}
+    return results
 
 
 # ------------------------------------------------------------------------------ main
