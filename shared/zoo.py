@@ -3,8 +3,11 @@
     bundle = zoo.load("wood-llama", run)        # trains once (~1 min on 2 CPU cores), then loads
     bundle.model, bundle.tokenizer, bundle.data, bundle.history
 
-A cached model is keyed by a hash of everything that defines it (corpus, tokenizer,
-model and training config, preset, seed), so changing any of them trains a new one.
+A cached model is keyed by a hash of everything that defines it (corpus, tokenizer, the
+full model config with its defaults, the full training config, preset, seed), so changing
+any of them, even a default in GPTConfig or TrainConfig, trains a new one. A file is only
+trusted after its stored configs are compared with the expected ones: a stale or foreign
+checkpoint under the right name is an error, never a model labelled as the zoo's.
 """
 from __future__ import annotations
 
@@ -67,12 +70,38 @@ class Bundle:
         return self.meta.get("history", {})
 
 
-def _spec(entry: Entry, preset: str, seed: int) -> tuple[GPTConfig | None, TrainConfig, int, str]:
-    size, sched, n_chars = SIZES[preset]
-    tcfg = TrainConfig(**sched, seed=seed, aligned=entry.corpus == "wood")
-    blob = json.dumps({"entry": entry.__dict__, "size": size, "train": tcfg.to_dict(), "n_chars": n_chars,
-                       "seed": seed}, sort_keys=True)
-    return size, tcfg, n_chars, hashlib.sha1(blob.encode()).hexdigest()[:10]
+def configs(entry: Entry, preset: str, seed: int, vocab_size: int) -> tuple[GPTConfig, TrainConfig]:
+    size, sched, _ = SIZES[preset]
+    return (GPTConfig(vocab_size=vocab_size, **size, **entry.shape),
+            TrainConfig(**sched, seed=seed, aligned=entry.corpus == "wood"))
+
+
+def cache_key(entry: Entry, cfg: GPTConfig, tcfg: TrainConfig, n_chars: int, seed: int, tok) -> str:
+    """Hash of the *whole* configs (to_dict holds every default), not just what SIZES sets."""
+    blob = json.dumps({"entry": entry.__dict__, "model": cfg.to_dict(), "train": tcfg.to_dict(), "n_chars": n_chars,
+                       "seed": seed, "tokenizer": tok.fingerprint()}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+
+def _as_stored(d: dict) -> dict:
+    return json.loads(json.dumps(d))   # what a dict reads back as from checkpoint metadata (tuples -> lists)
+
+
+def check_cached(meta: dict, tok_loaded, expected: dict, tok, path: Path) -> None:
+    """Refuse a cached file whose stored configs are not the expected ones. We raise rather than
+    retrain: a file under the zoo's name with other contents was put there by someone (a copied
+    checkpoint, an edit by hand), and silently overwriting it could destroy their work."""
+    diff = [k for k, v in expected.items() if meta.get(k) != v]
+    for sub in ("model_config", "train_config"):
+        if sub in diff and isinstance(meta.get(sub), dict):
+            diff += [f"{sub}.{k} {meta[sub].get(k)!r} vs {v!r}" for k, v in expected[sub].items()
+                     if meta[sub].get(k) != v]
+            diff.remove(sub)
+    if tok_loaded.fingerprint() != tok.fingerprint():
+        diff.append("tokenizer")
+    if diff:
+        raise WorkbookError(f"{path} is not the expected zoo model (differs in {', '.join(diff[:4])}); "
+                            f"delete it and {path.with_suffix('.tokenizer.json').name} to retrain")
 
 
 def load(name: str, run=None, preset: str | None = None, seed: int | None = None, device=None,
@@ -85,22 +114,30 @@ def load(name: str, run=None, preset: str | None = None, seed: int | None = None
     seed = seed if seed is not None else (run.seed if run else 0)
     device = device or (run.device if run else torch.device("cpu"))
     checkpoints = Path(checkpoints or (run.checkpoints if run else __import__("shared.paths").paths.CHECKPOINTS))
-    size, tcfg, n_chars, key = _spec(entry, preset, seed)
+    n_chars = SIZES[preset][2]
     text = load_text(entry.corpus, n_chars=n_chars, seed=seed)
     tok = tokenizers.build(entry.tokenizer, text, vocab_size=entry.vocab_size or 1024)
     data = TokenData.from_text(text, tok, doc_separator="\n" if entry.corpus == "wood" else None)
+    cfg, tcfg = configs(entry, preset, seed, tok.vocab_size)
+    key = cache_key(entry, cfg, tcfg, n_chars, seed, tok)
     path = checkpoints / f"zoo-{name}-{preset}-{key}.safetensors"
     tok_path = path.with_suffix(".tokenizer.json")
+    expected = _as_stored({"zoo": name, "preset": preset, "seed": seed, "zoo_key": key,
+                           "model_config": cfg.to_dict(), "train_config": tcfg.to_dict()})
     if path.exists() and tok_path.exists():
         model, meta = load_model(path, device)
-        return Bundle(model.eval(), tokenizers.load(tok_path), data, entry, path, meta)
+        tok_loaded = tokenizers.load(tok_path)
+        check_cached(meta, tok_loaded, expected, tok, path)
+        return Bundle(model.eval(), tok_loaded, data, entry, path, meta)
     torch.manual_seed(seed)
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, **size, **entry.shape))
+    model = GPT(cfg)
     print(f"zoo: training {name} ({preset}, {model.num_params() / 1e6:.2f}M params) once; cached at {path}")
     print(f"estimate: ~{estimate_seconds(model, tcfg, device):.0f} s to train on {torch.device(device).type}")
     history = train(model, data, tcfg, device, desc=f"zoo {name}", progress=progress)
     checkpoints.mkdir(parents=True, exist_ok=True)
     tok.save(tok_path)
-    meta = {"history": history, "zoo": name, "preset": preset, "seed": seed}
-    save_model(model, path, **meta)
+    meta = {"history": history, "zoo": name, "preset": preset, "seed": seed, "zoo_key": key,
+            "train_config": tcfg.to_dict()}
+    save_model(model, path, **meta)   # save_model stores model_config itself
+    meta["model_config"] = cfg.to_dict()   # so a fresh bundle's meta reads like a cached one's
     return Bundle(model.eval(), tok, data, entry, path, meta)

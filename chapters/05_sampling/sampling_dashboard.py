@@ -10,7 +10,9 @@ the page says how likely that is at the current settings (`coverage`).
 
 `serve()` adds two endpoints on 127.0.0.1 so the same page can ask the real model about
 any prompt: GET /api/next?prompt=... (log-probabilities) and POST /api/generate (sampled
-continuations, drawn in Python by the chapter's own decoding loop).
+continuations, drawn in Python by the chapter's own decoding loop). Each connection gets its
+own thread and a socket timeout, so one idle connection (a browser's preconnect) cannot
+freeze the page for everyone else; the model itself answers one request at a time.
 """
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ import json
 import math
 import shutil
 import sys
+import threading
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -165,12 +168,20 @@ def set_slider(tab, name: str, value) -> None:
 
 
 # ----------------------------------------------------------------------------- live server
-LIMITS = {"n": 16, "max_new": 400}
+LIMITS = {"n": 16, "max_new": 400, "body_bytes": 1 << 16}
+SOCKET_TIMEOUT_S = 10   # an idle or trickling connection is dropped after this long
+
+
+def make_server(html: str, model, tok, generate_fn, device, port: int, seed: int) -> ThreadingHTTPServer:
+    """The dashboard's HTTP server on 127.0.0.1, not yet serving (port 0 picks a free one)."""
+    server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(html, model, tok, generate_fn, device, seed))
+    server.daemon_threads = True   # an open connection never keeps Ctrl-C from ending the process
+    return server
 
 
 def serve(html: str, model, tok, generate_fn, device, port: int, seed: int) -> None:
     """Serve the page and the live endpoints on 127.0.0.1 until Ctrl-C."""
-    server = HTTPServer(("127.0.0.1", port), make_handler(html, model, tok, generate_fn, device, seed))
+    server = make_server(html, model, tok, generate_fn, device, port, seed)
     print(f"serving: http://127.0.0.1:{server.server_port}/  (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
@@ -182,6 +193,7 @@ def serve(html: str, model, tok, generate_fn, device, port: int, seed: int) -> N
 
 def make_handler(html: str, model, tok, generate_fn, device, seed: int):
     limit = model.cfg.block_size
+    model_lock = threading.Lock()   # one forward pass at a time: torch already uses every core
 
     def context(prompt: str) -> list[int]:
         if not prompt.startswith("\n"):
@@ -192,6 +204,8 @@ def make_handler(html: str, model, tok, generate_fn, device, seed: int):
         return ids
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = SOCKET_TIMEOUT_S   # applied to each connection's socket by StreamRequestHandler
+
         def do_GET(self):  # noqa: N802 - http.server API
             url = urlparse(self.path)
             if url.path in ("/", "/index.html"):
@@ -204,16 +218,25 @@ def make_handler(html: str, model, tok, generate_fn, device, seed: int):
         def do_POST(self):  # noqa: N802
             if urlparse(self.path).path != "/api/generate":
                 return self.reply_json(HTTPStatus.NOT_FOUND, {"error": "POST /api/generate only"})
-            n = int(self.headers.get("Content-Length", 0))
+            try:
+                n = int(self.headers.get("Content-Length", 0))
+            except ValueError:
+                n = -1
+            if not 0 <= n <= LIMITS["body_bytes"]:
+                return self.reply_json(HTTPStatus.BAD_REQUEST,
+                                       {"error": f"Content-Length must be 0..{LIMITS['body_bytes']} bytes"})
             try:
                 body = json.loads(self.rfile.read(n) or b"{}")
-            except json.JSONDecodeError as e:
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 return self.reply_json(HTTPStatus.BAD_REQUEST, {"error": f"body is not JSON: {e}"})
+            if not isinstance(body, dict):   # `[1]`, `"x"` or `3` is JSON too, but has no fields
+                return self.reply_json(HTTPStatus.BAD_REQUEST,
+                                       {"error": f"body must be a JSON object, got {type(body).__name__}"})
             self.json_call(lambda: self.generate(body))
 
         def next_logprobs(self, prompt: str) -> dict:
             ids = context(prompt)
-            with torch.no_grad():
+            with torch.no_grad(), model_lock:
                 logits = model(torch.tensor([ids], device=device))[0, -1].float()
             return {"prompt": tok.decode(ids), "logprobs": [round(x, 4) for x in logits.log_softmax(-1).tolist()]}
 
@@ -223,14 +246,17 @@ def make_handler(html: str, model, tok, generate_fn, device, seed: int):
                                      float(body.get("top_p", 1.0)), float(body.get("min_p", 0.0)))
                 n, max_new = int(body.get("n", 4)), int(body.get("max_new", 80))
                 req_seed = int(body.get("seed", seed))
-            except (TypeError, ValueError) as e:
+            except (TypeError, ValueError, OverflowError) as e:
                 raise WorkbookError(f"bad field in request: {e}") from None
+            if not 0 <= req_seed < 2**63:
+                raise WorkbookError(f"seed must be in 0..2**63-1, got {req_seed}")
             if not (1 <= n <= LIMITS["n"] and 1 <= max_new <= LIMITS["max_new"]):
                 raise WorkbookError(f"n must be 1..{LIMITS['n']} and max_new 1..{LIMITS['max_new']}")
             ids = context(str(body.get("prompt", "\n")))
             max_new = min(max_new, limit - len(ids))
             gen = torch.Generator(device=device).manual_seed(req_seed)
-            out = generate_fn(model, torch.tensor([ids] * n, device=device), max_new, rule, gen)
+            with model_lock:
+                out = generate_fn(model, torch.tensor([ids] * n, device=device), max_new, rule, gen)
             return {"rule": rule.label(), "continuations": [tok.decode(r) for r in out["tokens"].tolist()]}
 
         def json_call(self, fn):
@@ -238,6 +264,9 @@ def make_handler(html: str, model, tok, generate_fn, device, seed: int):
                 self.reply_json(HTTPStatus.OK, fn())
             except WorkbookError as e:
                 self.reply_json(HTTPStatus.BAD_REQUEST, {"error": str(e)})
+            except Exception as e:  # noqa: BLE001 - a bug answers 500 with its name instead of dropping the connection
+                print(f"http: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+                self.reply_json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(e).__name__}: {e}"})
 
         def reply_json(self, status, obj):
             self.reply(status, json.dumps(obj).encode(), "application/json")
