@@ -121,7 +121,9 @@ def current_rss_bytes() -> int:
 def matmul_peak_flops(device="cpu", n: int | None = None, repeat: int = 5) -> float:
     """Best-of-`repeat` FLOP/s of an n×n matmul: fp32 on CPU/MPS, bf16 on CUDA (the
     peak people quote there). Measured fresh each run (~1 s): a cached number measured
-    while the machine was busy would make every later MFU wrong."""
+    while the machine was busy would make every later MFU wrong. One probe can still read
+    low on a busy machine, so `shared.train.train` probes before and after the run and keeps
+    the best (see `shared.train.model_flops_utilization`)."""
     device = torch.device(device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     n = n or (8192 if device.type == "cuda" else 2048)

@@ -90,7 +90,8 @@ def save_training_state(path: Path, model: GPT, optimizer: torch.optim.Optimizer
             tensors[f"optim.{pid}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
     for name, state in rng.items():
         tensors[f"rng.{name}"] = state
-    _atomic_save(tensors, {"model_config": model.cfg.to_dict(), "param_groups": opt["param_groups"], **meta}, path)
+    _atomic_save(tensors, {"model_config": model.cfg.to_dict(), "param_groups": _tag_tuples(opt["param_groups"]),
+                           **meta}, path)
 
 
 def load_training_state(path: Path, model: GPT, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
@@ -104,8 +105,34 @@ def load_training_state(path: Path, model: GPT, optimizer: torch.optim.Optimizer
             _, pid, name = key.split(".", 2)
             state.setdefault(int(pid), {})[name] = value
     try:
-        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        optimizer.load_state_dict({"state": state, "param_groups": _untag_tuples(meta["param_groups"])})
     except (ValueError, KeyError) as e:
         raise WorkbookError(f"checkpoint {path}: optimizer state does not fit ({e})") from e
     rng = {k[len("rng."):]: v for k, v in tensors.items() if k.startswith("rng.")}
     return rng, meta
+
+
+# JSON has lists but no tuples, so AdamW's betas=(0.9, 0.95) would come back as [0.9, 0.95]: the
+# resumed optimizer would differ from the one that was saved (and from a fresh one). Tuples are
+# written as {"__tuple__": [...]} and turned back on load. (Floats and ints keep their JSON types.)
+_TUPLE = "__tuple__"
+
+
+def _tag_tuples(value):
+    if isinstance(value, tuple):
+        return {_TUPLE: [_tag_tuples(v) for v in value]}
+    if isinstance(value, list):
+        return [_tag_tuples(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _tag_tuples(v) for k, v in value.items()}
+    return value
+
+
+def _untag_tuples(value):
+    if isinstance(value, dict):
+        if set(value) == {_TUPLE}:
+            return tuple(_untag_tuples(v) for v in value[_TUPLE])
+        return {k: _untag_tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_untag_tuples(v) for v in value]
+    return value

@@ -111,18 +111,25 @@ class TokenData:
     def get_batch(self, split: str, batch_size: int, seq_len: int, generator: torch.Generator | None = None,
                   aligned: bool = False, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """Random windows: x = ids[i:i+T], y = ids[i+1:i+T+1]. `aligned` starts every window
-        at a document separator, so each predicted token has its document's full history."""
+        at a document separator, so each predicted token has its document's full history.
+
+        A window needs T+1 tokens, so with n tokens the valid starts are 0 .. n-T-1 (n-T of
+        them, all equally likely); the last one ends exactly on the split's last token."""
         arr = self.train if split == "train" else self.val
-        if len(arr) <= seq_len + 1:
+        if len(arr) < seq_len + 1:
             raise WorkbookError(f"{split} split has {len(arr)} tokens, fewer than seq_len+1 = {seq_len + 1}")
+        n_starts = len(arr) - seq_len  # starts 0 .. n-T-1
         if aligned:
             starts = self.boundaries[split] if self.boundaries else None
             if starts is None:
                 raise WorkbookError("aligned batches need TokenData.from_text(..., doc_separator=...)")
-            starts = starts[starts < len(arr) - seq_len - 1]
+            starts = starts[starts < n_starts]
+            if len(starts) == 0:
+                raise WorkbookError(f"no document in the {split} split starts early enough for a window of "
+                                    f"{seq_len + 1} tokens: use a shorter seq_len or aligned=False")
             ix = starts[torch.randint(len(starts), (batch_size,), generator=generator).numpy()]
         else:
-            ix = torch.randint(len(arr) - seq_len - 1, (batch_size,), generator=generator).numpy()
+            ix = torch.randint(n_starts, (batch_size,), generator=generator).numpy()
         x = np.stack([arr[i:i + seq_len] for i in ix]).astype(np.int64)
         y = np.stack([arr[i + 1:i + seq_len + 1] for i in ix]).astype(np.int64)
         x, y = torch.from_numpy(x), torch.from_numpy(y)

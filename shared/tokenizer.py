@@ -1,13 +1,16 @@
 """Tokenizers for the chapters after 01 (which builds BPE by hand).
 
 All three share one small interface: `encode(str) -> list[int]`, `decode(ids) -> str`,
-`vocab_size`, `save(path)` / `load(path)`. The BPE is HF `tokenizers` (fast, Rust)
+`vocab_size`, `save(path)` / `load(path)`, and `encode_iterable(lines)`: ids one at a time from
+an iterable of strings (a file object, a generator), the same ids `encode` gives for the joined
+text, holding only a small chunk of the text in memory at a time. The BPE is HF `tokenizers` (fast, Rust)
 trained on the chosen text and cached under data/processed/tokenizers/.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from shared import paths
@@ -40,6 +43,11 @@ class CharTokenizer:
         except KeyError as e:
             raise WorkbookError(f"character {e.args[0]!r} is not in this char tokenizer's vocabulary") from None
 
+    def encode_iterable(self, texts: Iterable[str]) -> Iterator[int]:
+        """One id per character, so any split of the text encodes the same: piece by piece."""
+        for text in texts:
+            yield from self.encode(text)
+
     def decode(self, ids) -> str:
         return "".join(self.chars[i] for i in ids)
 
@@ -61,6 +69,11 @@ class ByteTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
+
+    def encode_iterable(self, texts: Iterable[str]) -> Iterator[int]:
+        """Each piece is whole characters, so its UTF-8 bytes are the text's bytes: piece by piece."""
+        for text in texts:
+            yield from text.encode("utf-8")
 
     def decode(self, ids) -> str:
         return bytes(ids).decode("utf-8", errors="replace")
@@ -107,6 +120,36 @@ class BPETokenizer:
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text).ids
 
+    def encode_iterable(self, texts: Iterable[str], chunk_chars: int = 1 << 14) -> Iterator[int]:
+        r"""`encode("".join(texts))`, lazily: the stream is regrouped into chunks of about
+        `chunk_chars` characters that end just before a newline followed by a visible character,
+        and each chunk is encoded on its own.
+
+        Why such a cut cannot change the ids: merges never cross a pre-token, so only the
+        pre-tokenizer's split could change, and GPT-2's split regex ('s|'t|...| ?\p{L}+| ?\p{N}+|
+        ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+) puts a boundary there in the whole text too: a newline
+        only ever sits in an all-whitespace piece, and a whitespace run before a visible character
+        ends as "run minus its last character" (\s+(?!\S)) then that character alone (\s+). Cut
+        before the newline, the first chunk ends with the same "run minus one" (now at the end
+        of the text, where (?!\S) holds too) and the next chunk starts with the same lone
+        newline. Cutting *after* the newline would not be safe: " \n" would become one piece.
+        A visible first character that starts a special token is not a cut either (specials are
+        cut out before pre-tokenizing, so the newline would end its piece there)."""
+        self._check_streamable()
+        avoid = "".join({t.content[:1] for t in self.tok.get_added_tokens_decoder().values()})
+        for chunk in stream_chunks(texts, lambda text: last_newline_before_text(text, avoid), chunk_chars):
+            yield from self.tok.encode(chunk).ids
+
+    def _check_streamable(self) -> None:
+        """The cut rule above is proven for the pipeline `train` builds: no normalizer and a
+        ByteLevel pre-tokenizer (GPT-2 regex, no prefix space, which would add a space per chunk)."""
+        cfg = json.loads(self.tok.to_str())
+        pre = cfg.get("pre_tokenizer") or {}
+        if (cfg.get("normalizer") or pre.get("type") != "ByteLevel" or pre.get("add_prefix_space")
+                or not pre.get("use_regex", True)):
+            raise WorkbookError("encode_iterable supports the workbook's own byte-level BPE only "
+                                "(this tokenizer has another normalizer or pre-tokenizer): use encode(text)")
+
     def decode(self, ids) -> str:
         return self.tok.decode(list(ids))
 
@@ -118,6 +161,44 @@ class BPETokenizer:
 
     def fingerprint(self) -> str:
         return "bpe:" + hashlib.sha1(self.tok.to_str().encode()).hexdigest()[:12]
+
+
+def last_newline_before_text(text: str, avoid: str = "") -> int:
+    r"""Index of the last newline in `text` (not at index 0) that is followed by a visible
+    character not in `avoid`, or -1. "Visible" = printable and not whitespace (letters, marks,
+    digits, punctuation, symbols): no Unicode whitespace is among them, so any regex's \S agrees."""
+    p = text.rfind("\n")
+    while p > 0:
+        nxt = text[p + 1:p + 2]
+        if nxt and nxt.isprintable() and not nxt.isspace() and nxt not in avoid:
+            return p
+        p = text.rfind("\n", 0, p)
+    return -1
+
+
+def stream_chunks(texts: Iterable[str], last_cut: Callable[[str], int], chunk_chars: int) -> Iterator[str]:
+    """Regroup a stream of strings into chunks that end where `last_cut(text)` says a cut is
+    safe (a position i > 0 where encoding text[:i] and text[i:] apart gives the ids of text
+    whole; <= 0: none yet), looking for a cut once `chunk_chars` characters are buffered.
+    What follows the cut waits for more input, so memory holds about one chunk, plus any
+    stretch with no safe cut."""
+    buffer: list[str] = []
+    size, need = 0, chunk_chars
+    for text in texts:
+        buffer.append(text)
+        size += len(text)
+        if size < need:
+            continue
+        joined = "".join(buffer)
+        cut = last_cut(joined)
+        if cut <= 0:             # no safe cut yet: read on (doubling, so a long stretch costs O(n), not O(n^2))
+            buffer, need = [joined], 2 * size
+            continue
+        yield joined[:cut]
+        rest = joined[cut:]
+        buffer, size, need = [rest], len(rest), chunk_chars
+    if size:
+        yield "".join(buffer)
 
 
 def _chunks(text: str, size: int = 1 << 16):

@@ -27,7 +27,35 @@ def test_peak_memory_sees_a_tensor_that_reuses_freed_heap():
     assert small.bytes < 4 * MIB
 
 
-def test_time_fn_returns_the_median_of_repeats():
-    calls = []
-    t = bench.time_fn(lambda: calls.append(1), warmup=2, repeat=5)
-    assert len(calls) == 7 and t >= 0
+class FakeClock:
+    """perf_counter for bench: each call of `fn` takes the next of `durations` seconds."""
+
+    def __init__(self, monkeypatch, durations):
+        self.now, self.durations, self.calls = 0.0, iter(durations), 0
+        monkeypatch.setattr(bench.time, "perf_counter", lambda: self.now)
+
+    def fn(self):
+        self.calls += 1
+        self.now += next(self.durations)
+
+
+def test_time_fn_returns_the_median_of_the_timed_repeats(monkeypatch):
+    """Two slow warm-up calls are not timed; the median of 5, 1, 3, 2, 40 is 3 (the mean, 10.2,
+    would let one slow outlier through)."""
+    clock = FakeClock(monkeypatch, [100.0, 100.0, 5.0, 1.0, 3.0, 2.0, 40.0])
+    assert bench.time_fn(clock.fn, warmup=2, repeat=5) == 3.0
+    assert clock.calls == 7
+
+
+def test_time_fn_repeats_until_min_time_is_spent(monkeypatch):
+    clock = FakeClock(monkeypatch, [9.0] + [0.25] * 20)
+    assert bench.time_fn(clock.fn, warmup=1, repeat=2, min_time=1.0) == 0.25
+    assert clock.calls == 1 + 4                      # 4 x 0.25 s reaches min_time = 1 s
+
+
+def test_matmul_peak_flops_is_the_best_of_the_repeats(monkeypatch):
+    """perf_counter reads 0, 2 | 10, 10.5 | 20, 21: matmuls of 2, 0.5 and 1 s; the peak is the
+    fastest one's rate, 2 n^3 / 0.5 s (not the first, not the mean)."""
+    readings = iter([0.0, 2.0, 10.0, 10.5, 20.0, 21.0])
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(readings))
+    assert bench.matmul_peak_flops("cpu", n=8, repeat=3) == 2 * 8**3 / 0.5

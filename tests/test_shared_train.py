@@ -1,4 +1,6 @@
-"""The training loop: determinism, exact resume, checkpoint errors, schedule."""
+"""The training loop: determinism, exact resume, checkpoint errors, schedule, global-norm
+clipping, decoupled weight decay on matrices only, disjoint train/val, and an MFU that a
+busy machine cannot push past 100%."""
 import math
 
 import pytest
@@ -9,7 +11,7 @@ from shared.data import TokenData, load_text
 from shared.errors import WorkbookError
 from shared.model import GPT, GPTConfig
 from shared.tokenizer import CharTokenizer
-from shared.train import TrainConfig, lr_at, make_optimizer, optimizer_step, train
+from shared.train import TrainConfig, clip_grad_norm, loss_on, lr_at, make_optimizer, optimizer_step, train
 
 
 @pytest.fixture(scope="module")
@@ -144,11 +146,157 @@ def test_lr_schedule_warmup_then_cosine():
     assert lr_at(100, cfg) == pytest.approx(0.1)
 
 
-def test_history_reports_throughput_and_mfu(data):
+@pytest.mark.parametrize("lr,warmup,min_lr_ratio", [(3e-3, 3, 0.1), (3e-3, 20, 0.1), (0.1, 6, 0.37), (1e-3, 47, 0.0)])
+def test_lr_peaks_at_exactly_cfg_lr_and_never_rises_after(lr, warmup, min_lr_ratio):
+    """(3e-3 * 3 / 3 != 3e-3 in floats: the warm-up's last step must still land on lr exactly.)"""
+    cfg = TrainConfig(steps=warmup + 60, lr=lr, warmup=warmup, min_lr_ratio=min_lr_ratio)
+    lrs = [lr_at(s, cfg) for s in range(cfg.steps + 5)]
+    assert max(lrs) == lr and lrs[warmup - 1] == lr
+    assert all(a < b for a, b in zip(lrs[:warmup], lrs[1:warmup]))          # warm-up rises...
+    assert all(b <= a for a, b in zip(lrs[warmup - 1:], lrs[warmup:]))      # ...then never again
+    assert lrs[-1] == pytest.approx(lr * min_lr_ratio, abs=1e-15)
+
+
+def test_train_history_lr_peaks_at_cfg_lr(data):
+    h = run(data)
+    assert max(h["lr"]) == CFG.lr and h["lr"][CFG.warmup - 1] == CFG.lr
+
+
+def test_train_and_val_are_disjoint_consecutive_ranges_of_the_token_stream():
+    text = load_text("wood", 20_000, seed=4)
+    tok = CharTokenizer.from_text(text)
+    ids = tok.encode(text)
+    d = TokenData.from_text(text, tok, val_fraction=0.1, cache=False)
+    n_val = int(len(ids) * 0.1)
+    assert len(d.val) == n_val and len(d.train) == len(ids) - n_val
+    assert d.train.tolist() + d.val.tolist() == ids          # train first, then val, nothing shared
+
+
+# ------------------------------------------------------------------------------ gradient clipping
+def params_with_grads(seed=0):
+    """Gradients of very different sizes (so per-tensor and global clipping differ), and one
+    parameter that got no gradient this step."""
+    g = torch.Generator().manual_seed(seed)
+    ps = [torch.nn.Parameter(torch.zeros(s)) for s in [(3, 4), (5,), (2, 2, 2), (7,)]]
+    for p, scale in zip(ps, [10.0, 0.01, 1.0]):
+        p.grad = torch.randn(p.shape, generator=g) * scale
+    return ps  # ps[3].grad is None
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 3.0, 1e6])
+def test_clip_grad_norm_equals_torch_clip_grad_norm(max_norm):
+    ours, ref = params_with_grads(), params_with_grads()
+    norm = clip_grad_norm(ours, max_norm)
+    ref_norm = torch.nn.utils.clip_grad_norm_(ref, max_norm)
+    assert torch.allclose(norm, ref_norm, rtol=1e-6)
+    assert ours[3].grad is None
+    for a, b in zip(ours[:3], ref[:3]):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-6, atol=0)
+    after = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in ours[:3]]))
+    assert after == pytest.approx(min(max_norm, norm.item()), rel=1e-5)    # the global norm is the limit
+
+
+def test_optimizer_step_clips_by_the_global_norm(data):
+    """With SGD at lr 1 the update *is* the clipped gradient: the batch's raw gradient scaled
+    by one factor, down to grad_clip in global norm (per-tensor clipping would give each
+    tensor norm grad_clip and bend the direction)."""
     d, tok = data
-    h = train(model(tok.vocab_size), d, TrainConfig(steps=3, batch_size=4, seq_len=32, eval_every=0, eval_batches=1),
-              progress=False)
-    assert h["tokens_per_s"] > 0 and 0 < h["mfu"] < 2
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, d_model=16, dropout=0.0))
+    m.double()  # float64: a small update to a weight near 1 is exact enough to compare
+    cfg = TrainConfig(batch_size=4, seq_len=32, grad_clip=0.1)
+    x, y = d.get_batch("train", cfg.batch_size, cfg.seq_len, torch.Generator().manual_seed(5))
+    loss_on(m, x, y).backward()
+    raw = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad(set_to_none=True)
+    raw_norm = torch.linalg.vector_norm(torch.cat([g.flatten() for g in raw]))
+    assert raw_norm > 3 * cfg.grad_clip
+    before = [p.detach().clone() for p in m.parameters()]
+    optimizer_step(m, torch.optim.SGD(m.parameters(), lr=1.0), d, cfg, torch.Generator().manual_seed(5), 1.0, "cpu")
+    for b, p, g in zip(before, m.parameters(), raw):
+        assert torch.allclose(b - p.detach(), g * (cfg.grad_clip / (raw_norm + 1e-6)), rtol=1e-7, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------ weight decay
+def test_weight_decay_is_decoupled_and_spares_gains_and_biases(data):
+    """With every gradient zero, AdamW's update is the decay alone: each matrix shrinks by
+    exactly lr*wd*w and every 1-D parameter (norm gains, biases) stays put. Adam with L2
+    (wd*w added to the gradient) would instead move each weight by about lr, sign and all."""
+    d, tok = data
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, d_model=16, bias=True))
+    cfg = TrainConfig(batch_size=2, seq_len=32, weight_decay=0.1, grad_clip=1.0)
+    lr = 0.05
+    opt = make_optimizer(m, cfg)
+    hooks = [p.register_hook(torch.zeros_like) for p in m.parameters()]
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    optimizer_step(m, opt, d, cfg, torch.Generator().manual_seed(0), lr, "cpu")
+    for h in hooks:
+        h.remove()
+    one_d = [n for n, p in m.named_parameters() if p.dim() < 2]
+    assert any(n.endswith("bias") for n in one_d) and any("norm" in n or "ln" in n for n in one_d)
+    for n, p in m.named_parameters():
+        expected = before[n] * (1 - lr * cfg.weight_decay) if p.dim() >= 2 else before[n]
+        assert torch.allclose(p.detach(), expected, rtol=1e-6, atol=0), n
+
+
+# ------------------------------------------------------------------------------ throughput and MFU
+def fake_probe(monkeypatch, peaks):
+    """Replace the matmul-peak probe: it returns `peaks` in turn and records each call."""
+    from shared import bench
+
+    calls = []
+
+    def probe(device="cpu", n=None, repeat=5):
+        calls.append(device)
+        return peaks[len(calls) - 1]
+
+    monkeypatch.setattr(bench, "matmul_peak_flops", probe)
+    return calls
+
+
+def short_run(data):
+    d, tok = data
+    return train(model(tok.vocab_size), d, TrainConfig(steps=2, batch_size=4, seq_len=32, eval_every=0,
+                                                       eval_batches=1), progress=False)
+
+
+def achieved(h):
+    return h["tokens_per_s"] * h["flops_per_token"]
+
+
+def test_mfu_of_a_quiet_machine_uses_the_best_probe_and_prints_nothing(data, monkeypatch, capsys):
+    calls = fake_probe(monkeypatch, [2e15, 3e15])
+    h = short_run(data)
+    assert len(calls) == 2                                          # probed before and after the run
+    assert h["peak_flops"] == 3e15 and h["peak_flops_probes"] == [2e15, 3e15]
+    assert h["mfu"] == pytest.approx(achieved(h) / 3e15)
+    assert "busy" not in capsys.readouterr().out
+
+
+def test_mfu_when_the_loop_outran_the_first_probe_says_the_machine_was_busy(data, monkeypatch, capsys):
+    """The first probe read 1 kFLOP/s (another process held the cores): the loop beat it, so
+    the second probe (1 PFLOP/s) is the peak, and one line says the probe moved."""
+    fake_probe(monkeypatch, [1e3, 1e15])
+    h = short_run(data)
+    assert h["peak_flops"] == 1e15 and h["mfu"] == pytest.approx(achieved(h) / 1e15)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "busy" in line]
+    assert len(lines) == 1 and "probe moved" in lines[0]
+
+
+def test_mfu_is_never_above_one(data, monkeypatch, capsys):
+    """Both probes read low: the loop's own FLOP/s is the best peak seen, MFU exactly 100%."""
+    fake_probe(monkeypatch, [1e3, 2e3])
+    h = short_run(data)
+    assert h["mfu"] == 1.0 and h["peak_flops"] == pytest.approx(achieved(h))
+    assert sum("busy" in line for line in capsys.readouterr().out.splitlines()) == 1
+
+
+def test_history_reports_throughput_and_mfu_against_the_real_probe(data):
+    h = short_run(data)
+    assert h["tokens_per_s"] == pytest.approx(2 * 4 * 32 / h["compute_time_s"])
+    assert h["peak_flops"] == max(*h["peak_flops_probes"], achieved(h))
+    assert 0 < h["mfu"] <= 1 and h["mfu"] == pytest.approx(achieved(h) / h["peak_flops"])
 
 
 # ------------------------------------------------------------------------------ TensorBoard (optional)
