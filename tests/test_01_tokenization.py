@@ -1,42 +1,29 @@
-"""Chapter 01 (tokenization): byte-level BPE from scratch, checked against a naive reference,
-HF tokenizers and tiktoken; superwords, entropy patching, embeddings, and the scripts."""
+"""Chapter 01 (tokenization): byte-level BPE from scratch, the naive loop first and the fast
+trainer checked against it, HF tokenizers and tiktoken; superwords, entropy patching,
+embeddings, and the scripts. Tests import the idea modules, never main.py."""
 from __future__ import annotations
 
-import importlib
 import random
-import sys
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from shared import paths
 from shared.corpus import english_text
 from shared.errors import WorkbookError
-from shared.testing import results_of, run_quick, run_script
+
+from workbook_testing import assert_exit_2, load_chapter_module, results_of, run_quick, run_script
 
 CH = "01_tokenization"
 
-
-def _chapter_module(name: str):
-    """Import one of the chapter's modules by its plain name (they import each other that
-    way), and make sure it really is this chapter's file, not a namesake from elsewhere."""
-    folder = paths.chapter_dir(CH)
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
-    mod = importlib.import_module(name)
-    assert Path(mod.__file__).resolve().parent == folder.resolve(), f"module name clash: {mod.__file__}"
-    return mod
-
-
-bpe_mod = _chapter_module("bpe")
+bpe_mod = load_chapter_module(CH, "bpe")
 BPE, ENDOFTEXT = bpe_mod.BPE, bpe_mod.ENDOFTEXT
-reference = _chapter_module("reference_tokenizers")
-superwords = _chapter_module("superwords")
-patching = _chapter_module("entropy_patching")
-embeddings = _chapter_module("word_embeddings")
+naive_mod = load_chapter_module(CH, "bpe_naive")
+reference = load_chapter_module(CH, "reference_tokenizers")
+superwords = load_chapter_module(CH, "superwords")
+patching = load_chapter_module(CH, "entropy_patching")
+embeddings = load_chapter_module(CH, "word_embeddings")
 
 # seeded "random Unicode": ASCII, Latin accents, combining marks, Greek, Cyrillic, CJK, Hangul,
 # Devanagari, emoji (incl. ZWJ sequences and skin tones), whitespace of all kinds, digits
@@ -118,6 +105,55 @@ def test_truncation_equals_training_at_the_smaller_size(corpus, tok):
     assert tok.truncated(257).merges == []
 
 
+# ----------------------------------------------------------------------------- naive first, then fast
+@pytest.mark.parametrize("n_chars, vocab", [(3000, 300), (12_000, 420)])
+def test_naive_loop_and_fast_trainer_learn_identical_merges(corpus, n_chars, vocab):
+    text = corpus[:n_chars]
+    naive, fast = naive_mod.NaiveBPE.train(text, vocab), BPE.train(text, vocab)
+    assert len(fast.merges) == vocab - 257
+    assert naive.merge_list() == fast.merges and naive.merge_counts == fast.merge_counts
+    assert [naive.vocab[i] for i in range(len(naive.vocab))] == fast.vocab
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_naive_and_fast_agree_on_tie_heavy_random_text(seed):
+    # a tiny alphabet makes many pairs tie: both must break ties on the smaller pair of ids
+    rng = random.Random(seed)
+    text = "".join(rng.choice("aab \n.") for _ in range(400))
+    naive, fast = naive_mod.NaiveBPE.train(text, 330, special_tokens=()), BPE.train(text, 330, special_tokens=())
+    assert naive.merge_list() == fast.merges and naive.merge_counts == fast.merge_counts
+
+
+def test_naive_encoder_gives_the_fast_encoders_ids(tok):
+    naive = naive_mod.NaiveBPE.from_merge_list(tok.merges)
+    rng = random.Random(11)
+    texts = [english_text()[40_000:52_000], f"a{ENDOFTEXT}b {ENDOFTEXT}\n", "12345678901", ""]
+    texts += [random_text(rng, rng.randint(1, 100)) for _ in range(100)]
+    for s in texts:
+        assert naive.encode(s) == tok.encode(s), repr(s)
+        assert naive.decode(naive.encode(s)) == s
+
+
+def test_merges_in_order_draw_the_encoders_ids(tok):
+    for word in ["the function", " tokenization", " the", "Python"]:
+        fired, ids = naive_mod.merges_in_order(word.encode(), tok.merges)
+        assert ids == tok.encode(word) and len(ids) < len(word.encode()), word
+        assert [m for m in tok.merges if m in fired] == fired   # in the order they were learned
+
+
+def test_naive_train_rejects_small_vocab_and_empty_text():
+    with pytest.raises(WorkbookError, match="too small"):
+        naive_mod.NaiveBPE.train("hello", 256)
+    with pytest.raises(WorkbookError, match="empty"):
+        naive_mod.NaiveBPE.train("", 300)
+
+
+def test_quoted_speed_rows_carry_the_quoted_figure():
+    row = reference.encode_speed("naive", 300, lambda s: list(s.encode()), "abc " * 100, 1, quoted="minbpe")
+    assert row["quoted_tokens_per_s"] == 35_000 and row["tokens"] == 400 and row["tokens_per_s"] > 0
+    assert reference.encode_speed("x", 256, lambda s: [1], "a", 1)["quoted_tokens_per_s"] is None
+
+
 # ----------------------------------------------------------------------------- against references
 def _random_word_counts(seed: int) -> Counter:
     rng = random.Random(seed)
@@ -186,21 +222,22 @@ def test_errors_on_small_vocab_and_empty_text():
     assert BPE.train("hello world", 257).vocab_size == 257
 
 
-def _single_error_line(proc):
-    assert proc.returncode == 2, proc.stderr
-    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
-    return lines[0]
+@pytest.mark.parametrize("args, message", [
+    (["--vocab-size", "100"], "--vocab-size: expected a number in [257, 65536], got '100'"),
+    (["--vocab-size", "4k"], "got '4k'"),
+    (["--seed", "-1"], "--seed"),
+])
+def test_cli_bad_flags_exit_2_with_one_line(args, message, tmp_path):
+    assert_exit_2(CH, "main.py", ["--quick", *args], message, tmp_path)
 
 
-def test_cli_bad_vocab_and_empty_text_exit_2_with_one_line(tmp_path):
-    line = _single_error_line(run_script(CH, "main.py", "--quick", "--vocab-size", "100", "--out", tmp_path))
-    assert "vocab size 100" in line
+def test_cli_empty_or_tiny_text_exits_2_with_one_line(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    line = _single_error_line(run_script(CH, "main.py", "--quick", "--text", str(empty), "--out", tmp_path))
-    assert "empty" in line
-    assert not (tmp_path / "results").exists()
+    assert_exit_2(CH, "main.py", ["--quick", "--text", str(empty)], "empty", tmp_path)
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("Pooh and Piglet. " * 20)
+    assert_exit_2(CH, "main.py", ["--quick", "--text", str(tiny)], "needs at least 4000", tmp_path)
 
 
 # ----------------------------------------------------------------------------- superwords
@@ -310,7 +347,8 @@ def test_category_similarity_and_vocab():
 
 
 # ----------------------------------------------------------------------------- the scripts
-EXPECTED_PLOTS = ["vocab_vs_compression", "merge_frequency", "throughput", "token_boundaries",
+EXPECTED_PLOTS = ["bpe_pipeline", "naive_vs_fast", "vocab_vs_compression", "merge_frequency", "throughput",
+                  "token_boundaries",
                   "embedding_similarity", "embedding_pca", "embedding_training", "patch_lengths",
                   "patch_compression", "entropy_patches"]
 
@@ -323,15 +361,21 @@ def quick_run(tmp_path_factory):
 def test_main_quick_end_to_end(quick_run):
     out, proc = quick_run
     r = results_of(out, CH)
-    for key in ("headline", "throughput", "vocab_sweep", "merge_counts", "superwords", "patching",
-                "samples", "embeddings", "agreement", "checks", "meta"):
+    for key in ("headline", "naive_vs_fast", "throughput", "vocab_sweep", "merge_counts", "superwords",
+                "patching", "samples", "embeddings", "agreement", "checks", "pipeline", "meta", "config"):
         assert key in r, key
     h = r["headline"]
     assert h["tiktoken_ids_identical"] is True and r["checks"]["roundtrip_exact"] is True
+    assert r["checks"]["naive_encoder_ids_identical"] is True
+    assert r["naive_vs_fast"]["identical_merges"] is True and r["naive_vs_fast"]["speedup"] > 1
     assert h["merges_same_rank_as_hf_with_hf_ties"] == 1.0
     assert h["vocab_size"] == 512 and h["bytes_per_token_bpe"] > 1.5
-    assert [row["name"] for row in r["throughput"]][0].startswith("bytes")  # the baseline row
-    assert r["throughput"][1]["tokens"] == r["throughput"][2]["tokens"]    # ours == tiktoken
+    names = [row["name"] for row in r["throughput"]]
+    assert names[0].startswith("bytes") and len(names) == 5                 # the baseline row first
+    assert len({row["tokens"] for row in r["throughput"][1:4]}) == 1         # naive == ours == tiktoken
+    assert {row["quoted_as"] for row in r["throughput"]} == {None, "minbpe", "tiktoken", "hf"}
+    assert r["pipeline"]["ids"] and len(r["pipeline"]["merges"]) > 0
+    assert set(r["meta"]["sections"]) and all(t["cpu_s"] >= 0 for t in r["meta"]["sections"].values())
     assert r["vocab_sweep"]["ours"] == sorted(r["vocab_sweep"]["ours"])    # more vocab, more bytes/token
     assert len(r["merge_counts"]) == 255
     assert r["embeddings"]["onehot_matmul_equals_lookup"] is True
@@ -355,6 +399,76 @@ def test_visualize_redraws_from_json_alone(quick_run):
 
 
 def test_visualize_without_results_is_one_clear_error(tmp_path):
-    visualize = _chapter_module("visualize")
-    with pytest.raises(WorkbookError, match="run the chapter's main.py"):
-        visualize.main(["--quick", "--out", str(tmp_path)])
+    assert_exit_2(CH, "visualize.py", ["--quick"], "run the chapter's main.py", tmp_path)
+
+
+def test_figures_fit_the_readme_width(quick_run):
+    from PIL import Image
+
+    out, _ = quick_run
+    for name in EXPECTED_PLOTS:
+        with Image.open(out / "plots" / CH / f"{name}.png") as im:
+            assert im.width <= 1400, (name, im.width)
+
+
+# ----------------------------------------------------------------------------- streaming, (vocab, merges), special ids
+def test_bpe_encode_iterable_equals_encode_of_the_whole_text(tok):
+    rng = random.Random(7)
+    texts = ["Pooh.\nOwl\n\n  \nsat.\r\n\n" + ENDOFTEXT + "\nTigger  \n 12345\n"]
+    texts += [random_text(rng, rng.randint(0, 100)) for _ in range(150)]
+    for s in texts:
+        whole = tok.encode(s)
+        for chunk_chars in (1, 5, 1 << 14):
+            assert list(tok.encode_iterable(s.splitlines(keepends=True), chunk_chars=chunk_chars)) == whole
+        assert list(tok.encode_iterable(iter(s), chunk_chars=3)) == whole   # one character at a time
+
+
+def test_bpe_encode_iterable_is_lazy(tok):
+    """A file-like stream of 100k lines: the first 50 ids need only the first chunk of it."""
+    lines = english_text()[:20_000].splitlines(keepends=True)
+    seen = [0]
+
+    def stream():
+        for _ in range(100_000 // len(lines) + 1):
+            for line in lines:
+                seen[0] += 1
+                yield line
+
+    first = [i for _, i in zip(range(50), tok.encode_iterable(stream()))]
+    assert first == tok.encode("".join(lines))[:50]
+    assert seen[0] < len(lines)
+
+
+def test_bpe_from_vocab_merges_encodes_like_the_original(tok):
+    twin = BPE.from_vocab_merges(tok.vocab, tok.merges)
+    minbpe_style = BPE.from_vocab_merges(dict(enumerate(tok.vocab)), {(a, b): z for a, b, z in tok.merges})
+    assert twin == tok and minbpe_style == tok and twin.vocab_size == tok.vocab_size
+    rng = random.Random(8)
+    for _ in range(100):
+        s = random_text(rng, 80) + ENDOFTEXT + random_text(rng, 20)
+        assert twin.encode(s) == tok.encode(s) == minbpe_style.encode(s)
+    with pytest.raises(WorkbookError, match="first difference at id 598"):
+        BPE.from_vocab_merges(tok.vocab[:-1] + [b"zz"], tok.merges)
+    with pytest.raises(WorkbookError, match="does not fit"):
+        BPE.from_vocab_merges(tok.vocab, [(300, 1, 256)])
+
+
+def test_bpe_save_load_keeps_caller_chosen_special_ids(tok, tmp_path):
+    import json
+
+    specials = {ENDOFTEXT: 1000, "<|pad|>": 700}
+    custom = BPE.from_vocab_merges(tok.vocab, tok.merges, special_tokens=specials)
+    text = "Pooh" + ENDOFTEXT + "<|pad|>honey"
+    ids = custom.encode(text)
+    assert [i for i in ids if i >= len(tok.vocab)] == [1000, 700]
+    assert custom.decode(ids) == text and custom.vocab_size == 1001
+    custom.save(tmp_path / "custom.json")
+    back = BPE.load(tmp_path / "custom.json")
+    assert back.special_tokens == specials and back == custom and back.encode(text) == ids
+    assert custom.to_tiktoken().encode(text, allowed_special="all") == ids
+    with pytest.raises(WorkbookError, match="learned token"):
+        BPE(tok.merges, special_tokens={ENDOFTEXT: 300})
+    # a version-1 file (names only) still loads, with the ids right after the learned tokens
+    (tmp_path / "v1.json").write_text(json.dumps({"kind": "pooh-bpe", "version": 1, "pattern": tok.pattern,
+                                                  "special_tokens": [ENDOFTEXT], "merges": tok.merges}))
+    assert BPE.load(tmp_path / "v1.json").special_tokens == {ENDOFTEXT: 599}

@@ -4,6 +4,8 @@
     ids = tok.encode("Oh bother<|endoftext|>")    # the special token is always one id
     assert tok.decode(ids) == "Oh bother<|endoftext|>"
     enc = tok.to_tiktoken()                       # the same vocabulary, run by tiktoken's Rust core
+    ids = tok.encode_iterable(open("big.txt"))    # the same ids, lazily, a chunk of text at a time
+    twin = BPE.from_vocab_merges(tok.vocab, tok.merges, special_tokens={"<|endoftext|>": 100257})
 
 Three ideas keep it both correct and fast:
 
@@ -26,12 +28,14 @@ from __future__ import annotations
 import heapq
 import json
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import regex
 from tqdm.auto import tqdm
 
 from shared.errors import WorkbookError
+from shared.tokenizer import last_newline_before_text, stream_chunks
 
 # GPT-4's (cl100k) split: contractions, letter runs with one optional leading non-letter,
 # numbers of at most 3 digits, punctuation runs, newlines, and whitespace that leaves its
@@ -180,6 +184,23 @@ def naive_learn_merges(word_counts: dict, vocab: list[bytes], n_new: int, byte_o
     return merges, merge_counts, vocab
 
 
+def special_token_ids(special_tokens, n_tokens: int) -> dict[str, int]:
+    """{name: id}. Names alone get the ids right after the `n_tokens` learned tokens, in order
+    (so they never outrank a merge); a mapping {name: id} keeps the caller's ids (say, 100257
+    to line up with another tokenizer), which must lie past the learned tokens and differ."""
+    if isinstance(special_tokens, Mapping):
+        ids = {str(s): int(i) for s, i in special_tokens.items()}
+    else:
+        ids = {s: n_tokens + i for i, s in enumerate(special_tokens)}
+    for s, i in ids.items():
+        if i < n_tokens:
+            raise WorkbookError(f"special token {s!r} has id {i}, a learned token's id: "
+                                f"special ids must be >= {n_tokens}")
+    if len(set(ids.values())) < len(ids):
+        raise WorkbookError(f"special tokens share an id: {ids}")
+    return ids
+
+
 def check_vocab_size(vocab_size: int, n_special: int) -> None:
     if vocab_size < 256 + n_special:
         raise WorkbookError(f"vocab size {vocab_size} is too small: byte-level BPE needs at least "
@@ -188,22 +209,43 @@ def check_vocab_size(vocab_size: int, n_special: int) -> None:
 
 # ----------------------------------------------------------------------------- the tokenizer
 class BPE:
-    """A trained byte-level BPE: id -> bytes for 256 bytes + learned tokens, then specials."""
+    """A trained byte-level BPE: id -> bytes for 256 bytes + learned tokens, then specials.
+
+    `special_tokens`: names (their ids follow the learned tokens) or a mapping {name: id}."""
 
     def __init__(self, merges, pattern: str = GPT4_PATTERN, special_tokens=(ENDOFTEXT,), merge_counts=None):
-        self.merges = [tuple(m) for m in merges]
+        self.merges = [tuple(int(i) for i in m) for m in merges]
         self.merge_counts = list(merge_counts or [])
         self.pattern = pattern
         self._pat = regex.compile(pattern)
-        self.vocab = [bytes([i]) for i in range(256)]
-        for a, b, z in self.merges:
-            if z == len(self.vocab):
-                self.vocab.append(self.vocab[a] + self.vocab[b])
+        self.vocab = build_vocab(self.merges)
         self.rank = {tok: i for i, tok in enumerate(self.vocab)}  # bytes -> id (= merge priority)
-        # specials come after every learned token, so they never outrank a merge
-        self.special_tokens = {s: len(self.vocab) + i for i, s in enumerate(special_tokens)}
+        # specials come after every learned token (or where the caller put them), so they never outrank a merge
+        self.special_tokens = special_token_ids(special_tokens, len(self.vocab))
         self.special_ids = {i: s for s, i in self.special_tokens.items()}
         self._cache: dict[bytes, list[int]] = {}
+
+    @classmethod
+    def from_vocab_merges(cls, vocab, merges, pattern: str = GPT4_PATTERN, special_tokens=(ENDOFTEXT,),
+                          merge_counts=None) -> BPE:
+        """A BPE from an explicit (vocab, merges) pair: another BPE's `(tok.vocab, tok.merges)`,
+        or minbpe's dicts. `vocab`: id -> bytes, a list or a dict over ids 0..n-1 whose first
+        256 are the single bytes in order (an id is also the token's merge rank, as in tiktoken).
+        `merges`: (a, b, z) triples in merge order, or a dict {(a, b): z} in merge order.
+        The merges must build exactly `vocab`, or one clear error says where they part."""
+        if isinstance(vocab, Mapping):
+            if sorted(vocab) != list(range(len(vocab))):
+                raise WorkbookError(f"vocab ids must be 0..{len(vocab) - 1} without gaps")
+            vocab = [vocab[i] for i in range(len(vocab))]
+        vocab = [bytes(t) for t in vocab]
+        if isinstance(merges, Mapping):
+            merges = [(a, b, z) for (a, b), z in merges.items()]
+        tok = cls(merges, pattern, special_tokens, merge_counts)
+        if tok.vocab != vocab:
+            i = next((i for i, (x, y) in enumerate(zip(tok.vocab, vocab)) if x != y), min(len(tok.vocab), len(vocab)))
+            raise WorkbookError(f"the merges build {len(tok.vocab)} tokens but vocab has {len(vocab)}; first "
+                                f"difference at id {i}: merges give {tok.vocab[i:i + 1]}, vocab has {vocab[i:i + 1]}")
+        return tok
 
     @classmethod
     def train(cls, text: str, vocab_size: int, pattern: str = GPT4_PATTERN,
@@ -219,11 +261,13 @@ class BPE:
 
     @property
     def vocab_size(self) -> int:
-        return len(self.vocab) + len(self.special_tokens)
+        """Rows an embedding table needs: one past the largest id (learned or special)."""
+        return max([len(self.vocab)] + [i + 1 for i in self.special_tokens.values()])
 
     def truncated(self, vocab_size: int) -> BPE:
         """The tokenizer training would have given at a smaller vocab: BPE merges form a
-        sequence, so its first k tokens *are* the vocab-(256+k) tokenizer."""
+        sequence, so its first k tokens *are* the vocab-(256+k) tokenizer. (As in training,
+        the special tokens get the ids right after the kept tokens.)"""
         n_tokens = vocab_size - len(self.special_tokens)
         if not 256 <= n_tokens <= len(self.vocab):
             raise WorkbookError(f"cannot truncate a {self.vocab_size}-token BPE to {vocab_size}")
@@ -241,6 +285,28 @@ class BPE:
             special = self.special_tokens.get(piece)
             ids.extend([special] if special is not None else self.encode_ordinary(piece))
         return ids
+
+    def encode_iterable(self, texts: Iterable[str], chunk_chars: int = 1 << 14) -> Iterator[int]:
+        r"""`encode("".join(texts))`, lazily, for a file object or any stream of strings: the
+        stream is regrouped into chunks of about `chunk_chars` characters that end right
+        *after* a newline followed by a visible character, and each chunk is encoded alone.
+
+        Why that cut cannot change the ids: merges stay inside pre-tokens, and with GPT-4's
+        pattern a newline followed by a visible character always ends a piece of the whole
+        text. A newline sits only in whitespace pieces (\s*[\r\n], \s+(?!\S), \s+) or at the
+        end of a punctuation piece ( ?[^\s\p{L}\p{N}]++[\r\n]*), never before a visible
+        character inside one piece. At the end of a chunk that piece comes out the same: its
+        greedy runs stop there either way, and the one alternative that looks past it,
+        \s+(?!\S), is never tried on a run ending in a newline (\s*[\r\n] comes first and
+        matches). Specials are cut out first and hold no newline here. Cutting *before* the
+        newline would not be safe: "Pooh.\n" is the pieces "Pooh" ".\n", not "Pooh" "." "\n"."""
+        if self.pattern != GPT4_PATTERN:
+            raise WorkbookError("encode_iterable knows where GPT-4's pattern can be cut, not this tokenizer's "
+                                "pattern: use encode(text)")
+        if any("\n" in s for s in self.special_tokens):
+            raise WorkbookError("encode_iterable cuts at newlines, and a special token here holds one: use encode(text)")
+        for chunk in stream_chunks(texts, _cut_after_newline, chunk_chars):
+            yield from self.encode(chunk)
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Text -> ids, treating special-token strings as plain text."""
@@ -297,8 +363,10 @@ class BPE:
                                  special_tokens=dict(self.special_tokens))
 
     def save(self, path: Path) -> None:
-        data = {"kind": "pooh-bpe", "version": 1, "pattern": self.pattern,
-                "special_tokens": list(self.special_tokens), "merges": [list(m) for m in self.merges],
+        # version 2 keeps each special token's id (version 1 kept names only, so ids a caller
+        # chose came back renumbered after the learned tokens)
+        data = {"kind": "pooh-bpe", "version": 2, "pattern": self.pattern,
+                "special_tokens": dict(self.special_tokens), "merges": [list(m) for m in self.merges],
                 "merge_counts": self.merge_counts}
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(data))
@@ -311,8 +379,30 @@ class BPE:
             raise WorkbookError(f"cannot read BPE file {path}: {e}") from e
         if data.get("kind") != "pooh-bpe":
             raise WorkbookError(f"{path} is not a workbook BPE file (kind={data.get('kind')!r})")
-        return cls(data["merges"], data["pattern"], tuple(data["special_tokens"]), data.get("merge_counts"))
+        specials = data["special_tokens"]  # version 1: a list of names; version 2: {name: id}
+        return cls(data["merges"], data["pattern"], specials if isinstance(specials, dict) else tuple(specials),
+                   data.get("merge_counts"))
 
     def __eq__(self, other) -> bool:
         return (isinstance(other, BPE) and self.merges == other.merges and self.pattern == other.pattern
                 and self.special_tokens == other.special_tokens)
+
+
+def build_vocab(merges) -> list[bytes]:
+    """id -> bytes: the 256 bytes, then one token per merge that makes a new string (a merge
+    whose string already exists reuses that id). A merge that does not fit is one clear error."""
+    vocab = [bytes([i]) for i in range(256)]
+    for n, (a, b, z) in enumerate(merges):
+        fits = 0 <= a < len(vocab) and 0 <= b < len(vocab) and 0 <= z <= len(vocab)
+        if fits and z < len(vocab):
+            fits = vocab[z] == vocab[a] + vocab[b]
+        if not fits:
+            raise WorkbookError(f"merge {n} ({a}, {b}) -> {z} does not fit the {len(vocab)} tokens made before it")
+        if z == len(vocab):
+            vocab.append(vocab[a] + vocab[b])
+    return vocab
+
+
+def _cut_after_newline(text: str) -> int:
+    p = last_newline_before_text(text)
+    return p + 1 if p > 0 else -1

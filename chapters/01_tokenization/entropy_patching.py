@@ -17,6 +17,7 @@ transformer trained on bytes (`byte_entropies`).
 from __future__ import annotations
 
 import math
+import random
 from collections import Counter, defaultdict
 
 import numpy as np
@@ -110,3 +111,44 @@ def byte_entropies(model, data: bytes, block: int, device="cpu", batch_size: int
             for j in range(lo, min(block, n - s - 1)):
                 out[s + j + 1] = row[j]                      # position j predicts byte s+j+1
     return out
+
+
+# ----------------------------------------------------------------------------- comparisons
+def length_stats(lens: list[int]) -> dict:
+    arr = np.asarray(lens)
+    counts = np.bincount(np.minimum(arr, 24), minlength=25)  # 24 means "24 or more"
+    return {"count": int(len(arr)), "bytes_per_unit": float(arr.mean()), "max": int(arr.max()),
+            "hist": counts.tolist()}
+
+
+def patch_comparison(eval_bytes: bytes, entropy: np.ndarray, bpe, superwords) -> dict:
+    """BPE tokens, superwords and entropy patches on the same held-out bytes. The entropy
+    thresholds are chosen so patches average as many bytes as BPE tokens do: same
+    compression, different places to cut."""
+    text = eval_bytes.decode("utf-8", errors="replace")
+    n = len(eval_bytes)
+    bpe_lens = [len(bpe.token_bytes(i)) for i in bpe.encode(text)]
+    sw_lens = [len(superwords.token_bytes(i)) for i in superwords.encode(text)]
+    out = {"bytes": n, "bpe": length_stats(bpe_lens), "superwords": length_stats(sw_lens), "thresholds": {}}
+    for rule in ("global", "monotonic"):
+        theta = threshold_for_mean(entropy, n / len(bpe_lens), rule)
+        out[f"entropy_{rule}"] = length_stats(patch_lengths(patch_starts(entropy, theta, rule)).tolist())
+        out["thresholds"][rule] = theta
+    # how compression moves with the global threshold: higher theta, fewer and longer patches
+    thetas = np.linspace(float(np.quantile(entropy, 0.05)), float(np.quantile(entropy, 0.98)), 24)
+    out["threshold_sweep"] = {"theta": thetas.tolist(),
+                              "bytes_per_patch": [n / int(patch_starts(entropy, t).sum()) for t in thetas]}
+    out["mean_entropy_bits"] = float(entropy[1:].mean())
+    return out
+
+
+def entropy_trace(model, block: int, device, seed: int) -> dict:
+    """Entropy along one sentence with a planted random string: the model is sure inside
+    words, unsure at their starts, and lost in the noise, where every byte becomes a patch."""
+    rng = random.Random(seed)
+    noise = "".join(rng.choice("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") for _ in range(14))
+    text = f"Return the number of items in the container. The key is {noise} and the value is ignored."
+    h = byte_entropies(model, text.encode("utf-8"), block, device)
+    lo, hi = text.index(noise), text.index(noise) + len(noise)
+    return {"text": text, "noise_span": [lo, hi], "entropy": h.tolist(),
+            "mean_bits_noise": float(h[lo + 1:hi].mean()), "mean_bits_text": float(np.r_[h[1:lo], h[hi + 1:]].mean())}

@@ -21,6 +21,23 @@ from collections import Counter
 from bpe import BPE, learn_merges, split_specials
 
 
+def superword_branches(text: str, tok: BPE, bases: list[int], steps: int = 4) -> list[dict]:
+    """From a BPE of `base` tokens, spend the rest of the budget (up to tok's vocab) on
+    superwords instead of more ordinary merges; bytes/token along the way."""
+    n_bytes = len(text.encode("utf-8"))
+    out = []
+    for base_size in bases:
+        base = tok.truncated(base_size)
+        sw = SuperwordBPE.train(text, base, tok.vocab_size - base_size, progress=True)
+        n_super = sw.vocab_size - base.vocab_size  # fewer if the text ran out of phrases
+        ks = sorted({round(n_super * i / steps) for i in range(steps + 1)})
+        out.append({"base": base_size, "totals": [base_size + k for k in ks],
+                    "bytes_per_token": [n_bytes / len(sw.truncated(k).encode(text)) for k in ks],
+                    "examples": [sw.token_bytes(z).decode("utf-8", "replace") for _, _, z in sw.merges[:40]],
+                    "model": sw})
+    return out
+
+
 class SuperwordBPE:
     def __init__(self, base: BPE, merges, merge_counts=None):
         self.base = base
@@ -57,7 +74,8 @@ class SuperwordBPE:
         first = len(self.base.vocab) + len(self.base.special_tokens)
         if n_superwords >= len(self.vocab) - first:  # asked for all we have (or more)
             return self
-        cut = 0 if n_superwords == 0 else next(i + 1 for i, m in enumerate(self.merges) if m[2] == first + n_superwords - 1)
+        last = first + n_superwords - 1  # the id of the last superword kept
+        cut = 0 if n_superwords == 0 else next(i + 1 for i, m in enumerate(self.merges) if m[2] == last)
         return SuperwordBPE(self.base, self.merges[:cut], self.merge_counts[:cut])
 
     def encode(self, text: str) -> list[int]:

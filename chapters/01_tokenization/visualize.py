@@ -6,18 +6,14 @@
 from __future__ import annotations
 
 import html
-import sys
 from bisect import bisect_right
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from entropy_patching import patch_starts  # noqa: E402
-from shared import cli, plotting  # noqa: E402
-from shared.results import atomic_write_bytes, load_json  # noqa: E402
+from entropy_patching import patch_starts
+from shared import cli, diagrams, plotting
+from shared.files import atomic_write_bytes
 
 plt = plotting.plt
 # pastel cell colours for alternating tokens (neighbours always differ)
@@ -78,15 +74,15 @@ def draw_token_boundaries(sample: dict, plots_dir: Path) -> Path:
             if is_split:  # a token boundary runs through this character
                 ax.plot([col, col], [row, row + 1], color="crimson", lw=1.5)
             color = "white" if special else ("#888888" if c in " \n\t" else "black")
-            ax.text(col + 0.5, row + 0.55, _shown(c), ha="center", va="center", fontsize=8.5,
+            ax.text(col + 0.5, row + 0.55, _shown(c), ha="center", va="center", fontsize=9.5,
                     family="DejaVu Sans Mono", color=color)
         ax.set_xlim(0, WIDTH)
         ax.set_ylim(rows, 0)
         ax.axis("off")
         ax.set_title(f"{name}: {len(t['lens'])} tokens, {n_bytes / len(t['lens']):.2f} bytes/token",
-                     loc="left", fontsize=10)
-    fig.suptitle("Where each tokenizer cuts the same text (alternating colours = tokens; "
-                 "red bar = cut inside a character)", fontsize=10, y=1.0)
+                     loc="left", fontsize=11)
+    fig.suptitle("Where each tokenizer cuts the same text\n(alternating colours = tokens; "
+                 "red bar = cut inside a character)", fontsize=11, y=1.0)
     fig.tight_layout()
     return plotting.save_fig(fig, plots_dir, "token_boundaries")
 
@@ -134,32 +130,54 @@ def write_token_html(samples: list[dict], plots_dir: Path) -> Path:
 
 
 # ============================================================================ BPE plots
+def draw_pipeline(r: dict, plots_dir: Path) -> Path:
+    """The mechanism: text -> UTF-8 bytes -> the run's own merges, one by one -> ids."""
+    p = r["pipeline"]
+    return plotting.save_fig(diagrams.bpe_pipeline(p["text"], merges=p["merges"]), plots_dir, "bpe_pipeline")
+
+
+def draw_naive_vs_fast(r: dict, plots_dir: Path) -> Path:
+    nf = r["naive_vs_fast"]
+    fig, ax = plt.subplots(figsize=(7, 2.6))
+    names = ["naive loop\n(bpe_naive.py)", "incremental + heap\n(bpe.py)"]
+    bars = ax.barh(names, [nf["naive_s"], nf["fast_s"]], color=["0.55", "C0"])
+    for b, v in zip(bars, [nf["naive_s"], nf["fast_s"]]):
+        ax.text(b.get_width(), b.get_y() + b.get_height() / 2, f" {v:.2f} s", va="center")
+    ax.invert_yaxis()
+    plotting.log_axis(ax, "x")
+    ax.set_xlim(right=nf["naive_s"] * 6)
+    ax.set_xlabel("seconds to train (log scale)")
+    ax.set_title(f"Same {nf['merges']} merges, {nf['speedup']:.0f}× faster\n"
+                 f"({nf['chars']:,} characters, vocab {nf['vocab']})")
+    return plotting.save_fig(fig, plots_dir, "naive_vs_fast")
+
+
 def draw_vocab_compression(r: dict, plots_dir: Path) -> Path:
     sw, sup = r["vocab_sweep"], r["superwords"]
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
     ax.plot([256], [sw["bytes"]], "s", color="black", ms=7, label="bytes (baseline, 256 ids)")
     ax.plot(sw["sizes"], sw["ours"], "o-", label="workbook BPE (truncated merges)")
     ax.plot(sw["sizes"], sw["hf"], "x--", label="HF tokenizers (retrained per size)")
     for br in sup:
         ax.plot(br["totals"], br["bytes_per_token"], "^-", label=f"BPE {br['base']} + superwords")
-    ax.set_xscale("log", base=2)
+    plotting.log_axis(ax, "x", base=2)
     ax.set_xlabel("vocabulary size (log scale)")
-    ax.set_ylabel("bytes per token (higher = fewer tokens)")
-    ax.set_title("Bigger vocabularies compress more, with diminishing returns")
-    ax.legend(fontsize=8)
+    ax.set_ylabel("bytes per token\n(higher = fewer tokens)")
+    ax.set_title("Bigger vocabularies compress more,\nwith diminishing returns")
+    ax.legend()
     return plotting.save_fig(fig, plots_dir, "vocab_vs_compression")
 
 
 def draw_merge_frequency(r: dict, plots_dir: Path) -> Path:
     counts = np.array(r["merge_counts"])
     rank = np.arange(1, len(counts) + 1)
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
     ax.loglog(rank, counts, lw=1.5)
     for i in [0, 9, 99, 999, 3999]:  # label a few merges with the token they made
         if i < len(counts):
             ax.plot(rank[i], counts[i], "o", color="C3", ms=4)
             ax.annotate(f"#{i + 1} {r['merge_tokens'][i]!r}", (rank[i], counts[i]), textcoords="offset points",
-                        xytext=(6, 4), fontsize=8)
+                        xytext=(6, 4))
     ax.set_xlabel("merge rank (order learned)")
     ax.set_ylabel("occurrences when merged")
     ax.set_title("Each merge is rarer than the last: a Zipf-like tail")
@@ -167,44 +185,54 @@ def draw_merge_frequency(r: dict, plots_dir: Path) -> Path:
 
 
 def draw_throughput(r: dict, plots_dir: Path) -> Path:
+    """Measured tokens/s of every engine (bars) and the figure quoted for it, where there is one (◆)."""
     rows = r["throughput"]
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    names = [f"{x['name']}\n{x['bytes_per_token']:.2f} bytes/token" for x in rows]
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    names = [x["name"].replace(" (", "\n(") for x in rows]
     vals = [x["tokens_per_s"] for x in rows]
     bars = ax.barh(names, vals, color=plotting.sns.color_palette(plotting.PALETTE, len(rows)))
-    ax.set_xscale("log")
     for b, x in zip(bars, rows):
-        ax.text(b.get_width(), b.get_y() + b.get_height() / 2, f" {x['tokens_per_s']:,.0f} tok/s",
-                va="center", fontsize=8)
+        ax.text(b.get_width(), b.get_y() + b.get_height() / 2, f" {x['tokens_per_s']:,.0f}", va="center")
+    quoted = [(i, x["quoted_tokens_per_s"]) for i, x in enumerate(rows) if x.get("quoted_tokens_per_s")]
+    if quoted:
+        ax.plot([q for _, q in quoted], [i for i, _ in quoted], "D", color="black", ms=8,
+                label="quoted in one popular guide")
+        ax.legend(loc="lower right")
     ax.invert_yaxis()
-    ax.set_xlabel("tokens per second, encoding the whole text (log scale)")
-    ax.set_title("Same ids, different engines")
-    ax.set_xlim(right=max(vals) * 20)
+    plotting.log_axis(ax, "x")
+    ax.set_xlim(min(vals + [q for _, q in quoted]) / 3, max(vals) * 15)
+    ax.set_xlabel("tokens per second, encoding the whole text, one thread (log scale)")
+    ax.set_title("Same text, same vocabulary, different engines")
     return plotting.save_fig(fig, plots_dir, "throughput")
 
 
 # ============================================================================ embeddings
+def _category_ticks(ax, labels: list[str]) -> None:
+    """Category names at the middle of each block (the words themselves are too many to read)."""
+    edges = [0] + [i for i in range(1, len(labels)) if labels[i] != labels[i - 1]] + [len(labels)]
+    mids = [(a + b - 1) / 2 for a, b in zip(edges, edges[1:])]
+    names = [labels[a] for a in edges[:-1]]
+    ax.set_xticks(mids, names, rotation=90)
+    ax.set_yticks(mids, names)
+    for x in edges[1:-1]:  # category blocks
+        ax.axhline(x - 0.5, color="black", lw=0.6)
+        ax.axvline(x - 0.5, color="black", lw=0.6)
+
+
 def draw_embedding_similarity(r: dict, plots_dir: Path) -> Path:
     e = r["embeddings"]
-    words, labels = e["words"], e["labels"]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 6.3))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5.6), layout="constrained")
     for ax, name in zip(axes, ("one-hot", "learned")):
         m = e["models"][name]
-        sim = np.array(m["similarity"])
-        im = ax.imshow(sim, cmap="RdBu_r", vmin=-1, vmax=1)
-        ax.set_xticks(range(len(words)), words, rotation=90, fontsize=5.5)
-        ax.set_yticks(range(len(words)), words, fontsize=5.5)
-        edges = [i for i in range(1, len(labels)) if labels[i] != labels[i - 1]]
-        for x in edges:  # category blocks
-            ax.axhline(x - 0.5, color="black", lw=0.5)
-            ax.axvline(x - 0.5, color="black", lw=0.5)
+        im = ax.imshow(np.array(m["similarity"]), cmap="RdBu_r", vmin=-1, vmax=1)
+        _category_ticks(ax, e["labels"])
         cs = m["category_similarity"]
         what = "first-layer columns" if name == "one-hot" else "embedding rows"
         ax.set_title(f"{name}: {what} ({m['vector_width']}-d)\nwithin category {cs['within']:.2f} "
-                     f"vs across {cs['across']:.2f}", fontsize=10)
+                     f"vs across {cs['across']:.2f}", fontsize=12)
         ax.grid(False)
-    fig.colorbar(im, ax=axes, shrink=0.7, label="cosine similarity")
-    fig.suptitle("Words used the same way get similar vectors", fontsize=12, y=0.9)
+    fig.colorbar(im, ax=axes, shrink=0.6, label="cosine similarity")
+    fig.suptitle(f"Words used the same way get similar vectors ({len(e['words'])} words, by category)")
     return plotting.save_fig(fig, plots_dir, "embedding_similarity")
 
 
@@ -212,43 +240,50 @@ def draw_embedding_pca(r: dict, plots_dir: Path) -> Path:
     e = r["embeddings"]
     cats = list(dict.fromkeys(e["labels"]))
     colors = dict(zip(cats, plotting.sns.color_palette("tab10", len(cats))))
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    fig, axes = plt.subplots(2, 1, figsize=(9, 12), layout="constrained")
     for ax, name in zip(axes, ("one-hot", "learned")):
         m = e["models"][name]
         xy = np.array(m["pca"])
         for cat in cats:
             idx = [i for i, lab in enumerate(e["labels"]) if lab == cat]
-            ax.scatter(xy[idx, 0], xy[idx, 1], color=colors[cat], label=cat, s=28)
-        for i, w in enumerate(e["words"]):
-            ax.annotate(w, xy[i], fontsize=6.5, xytext=(3, 2), textcoords="offset points", alpha=0.8)
+            ax.scatter(xy[idx, 0], xy[idx, 1], color=colors[cat], label=cat, s=30)
+        if name == "one-hot":  # its words sit on top of each other: name each cluster instead
+            for cat in cats:
+                centre = xy[[i for i, lab in enumerate(e["labels"]) if lab == cat]].mean(0)
+                ax.annotate(cat, centre, xytext=(6, 6), textcoords="offset points", color=colors[cat])
+        else:
+            for i, w in enumerate(e["words"]):
+                ax.annotate(w, xy[i], fontsize=10, xytext=(3, 2), textcoords="offset points", alpha=0.85,
+                            color=colors[e["labels"][i]])
         share = m["pca_share"]
         ax.set_xlabel(f"PC1 ({share[0]:.0%} of variance)")
         ax.set_ylabel(f"PC2 ({share[1]:.0%})")
-        ax.set_title(f"{name} word vectors, first two principal components", fontsize=10)
-    axes[1].legend(fontsize=7, loc="best")
+        ax.set_title(f"{name} word vectors, first two principal components")
+    axes[1].legend(loc="best", ncols=2)
     return plotting.save_fig(fig, plots_dir, "embedding_pca")
 
 
 def draw_embedding_training(r: dict, plots_dir: Path) -> Path:
     e = r["embeddings"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1.4, 1]})
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.2), gridspec_kw={"width_ratios": [1.4, 1]},
+                                   layout="constrained")
     for name, m in e["models"].items():
         ax1.plot(m["curve"]["step"], m["curve"]["val"], label=f"{name} (val)")
     plotting.entropy_floor(ax1, e["floor_nats"], label="full-context floor")
     ax1.set_xlabel("step")
     ax1.set_ylabel("nats per word")
     ax1.set_title(f"Next-word loss, {e['n_ctx']} words of context")
-    ax1.legend(fontsize=8)
+    ax1.legend()
     names = list(e["models"])
     inp = [e["models"][n]["params_input"] for n in names]
     rest = [e["models"][n]["params_total"] - e["models"][n]["params_input"] for n in names]
     ax2.bar(names, inp, label="ids -> hidden layer")
     ax2.bar(names, rest, bottom=inp, label="hidden -> next word")
     for i in range(len(names)):
-        ax2.text(i, inp[i] + rest[i], f"{inp[i] + rest[i]:,}", ha="center", va="bottom", fontsize=9)
+        ax2.text(i, inp[i] + rest[i], f"{inp[i] + rest[i]:,}", ha="center", va="bottom")
     ax2.set_ylabel("parameters")
     ax2.set_title(f"Parameters (vocab {e['vocab']})")
-    ax2.legend(fontsize=8)
+    ax2.legend()
     return plotting.save_fig(fig, plots_dir, "embedding_training")
 
 
@@ -258,81 +293,78 @@ def draw_patch_lengths(r: dict, plots_dir: Path) -> Path:
     series = [("BPE tokens", p["bpe"]), ("BPE + superwords", p["superwords"]),
               ("entropy patches (global θ)", p["entropy_global"]),
               ("entropy patches (monotonic θ)", p["entropy_monotonic"])]
-    fig, axes = plt.subplots(1, len(series), figsize=(14, 3.4), sharey=True)
+    fig, axes = plotting.grid(4, ncols=2, panel_size=(5, 3.2), sharey=True)
     for ax, (name, s) in zip(axes, series):
         hist = np.array(s["hist"], dtype=float)
-        ax.bar(np.arange(len(hist)), hist / hist.sum(), width=0.85)
-        ax.set_title(f"{name}\nmean {s['bytes_per_unit']:.2f} bytes, {s['count']:,} units", fontsize=9)
+        bars = ax.bar(np.arange(len(hist)), hist / hist.sum(), width=0.85)
+        plotting.mark_zero_bars(ax, bars[1:])
+        ax.set_title(f"{name}\nmean {s['bytes_per_unit']:.2f} bytes, {s['count']:,} units", fontsize=12)
         ax.set_xlabel("length in bytes (24 = 24+)")
         ax.set_xlim(0, 25)
     axes[0].set_ylabel("share of units")
-    fig.suptitle(f"Same held-out text ({p['bytes']:,} bytes): how long the pieces are", fontsize=11)
-    fig.tight_layout()
+    axes[2].set_ylabel("share of units")
+    fig.suptitle(f"Same held-out text ({p['bytes']:,} bytes): how long the pieces are")
     return plotting.save_fig(fig, plots_dir, "patch_lengths")
 
 
 def draw_patch_compression(r: dict, plots_dir: Path) -> Path:
     p = r["patching"]
     sw = p["threshold_sweep"]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
     ax.plot(sw["theta"], sw["bytes_per_patch"], "o-", ms=3, label="entropy patches (global θ)")
     ax.axhline(p["bpe"]["bytes_per_unit"], color="C1", ls="--", label=f"BPE {r['headline']['vocab_size']}")
     ax.axhline(p["superwords"]["bytes_per_unit"], color="C2", ls=":", label="BPE + superwords")
     ax.axhline(1.0, color="black", lw=1, label="bytes")
     ax.axvline(p["thresholds"]["global"], color="gray", lw=0.8)
-    ax.annotate("θ matched to BPE", (p["thresholds"]["global"], 1.1), fontsize=8, rotation=90, va="bottom",
-                xytext=(-10, 0), textcoords="offset points")
-    ax.set_yscale("log")
+    ax.annotate("θ matched to BPE", (p["thresholds"]["global"], 1.1), rotation=90, va="bottom",
+                xytext=(-12, 0), textcoords="offset points")
+    plotting.log_axis(ax, "y")
     ax.set_xlabel("entropy threshold θ (bits)")
     ax.set_ylabel("bytes per patch / token (log scale)")
-    ax.set_title("A higher threshold cuts less often: compression is a dial")
-    ax.legend(fontsize=8)
+    ax.set_title("A higher threshold cuts less often:\ncompression is a dial")
+    ax.legend()
     return plotting.save_fig(fig, plots_dir, "patch_compression")
 
 
 def draw_entropy_trace(r: dict, plots_dir: Path) -> Path:
+    """The sentence in two rows (one long row would need unreadably small letters)."""
     t = r["patching"]["trace"]
     text, h = t["text"], np.array(t["entropy"])
     data = text.encode("utf-8")
     theta = r["patching"]["thresholds"]["global"]
     starts = patch_starts(h, theta)
     chars = [chr(b) if 32 <= b < 127 else "?" for b in data]  # the trace text is ASCII
-    fig, ax = plt.subplots(figsize=(max(8, len(data) * 0.14), 3.6))
-    ax.bar(np.arange(len(h)), h, color=np.where(starts, "crimson", "steelblue"), width=0.85)
-    ax.axhline(theta, color="black", ls="--", lw=1)
-    ax.annotate(f"θ = {theta:.2f} bits", (len(h) - 1, theta), ha="right", va="bottom", fontsize=8)
+    half = (len(h) + 1) // 2
     lo, hi = t["noise_span"]
-    ax.axvspan(lo - 0.5, hi - 0.5, color="gold", alpha=0.25, label="planted random string")
-    ax.set_xticks(range(len(chars)), [c if c != " " else "·" for c in chars], fontsize=7, family="DejaVu Sans Mono")
-    ax.set_xlim(-0.7, len(h) - 0.3)
-    ax.set_ylabel("next-byte entropy (bits)")
-    ax.set_title(f"Byte model's uncertainty; red bars start a new patch ({int(starts.sum())} patches "
-                 f"for {len(data)} bytes; mean {t['mean_bits_noise']:.2f} bits in the random string, "
-                 f"{t['mean_bits_text']:.2f} elsewhere)", fontsize=10)
-    ax.legend(fontsize=8, loc="upper left")
-    ax.grid(axis="x", visible=False)
+    fig, axes = plt.subplots(2, 1, figsize=(10, 6.4), sharey=True, layout="constrained")
+    for ax, (a, b) in zip(axes, [(0, half), (half, len(h))]):
+        x = np.arange(a, b)
+        ax.bar(x, h[a:b], color=np.where(starts[a:b], "crimson", "steelblue"), width=0.85)
+        ax.axhline(theta, color="black", ls="--", lw=1)
+        if max(lo, a) < min(hi, b):
+            ax.axvspan(max(lo, a) - 0.5, min(hi, b) - 0.5, color="gold", alpha=0.3, label="planted random string")
+            ax.legend(loc="upper right")
+        ax.set_xticks(x, [c if c != " " else "·" for c in chars[a:b]], family="DejaVu Sans Mono")
+        ax.set_xlim(a - 0.7, a + half - 0.3)
+        ax.set_ylabel("next-byte entropy (bits)")
+        ax.grid(axis="x", visible=False)
+    axes[0].annotate(f"θ = {theta:.2f} bits", (half - 1, theta), ha="right", va="bottom")
+    fig.suptitle(f"Byte model's uncertainty; red bars start a new patch ({int(starts.sum())} patches for "
+                 f"{len(data)} bytes)\nmean {t['mean_bits_noise']:.2f} bits in the random string, "
+                 f"{t['mean_bits_text']:.2f} elsewhere")
     return plotting.save_fig(fig, plots_dir, "entropy_patches")
 
 
-# ============================================================================ entry points
-def draw(results_path: Path, plots_dir: Path, animations_dir: Path | None = None) -> list[Path]:
-    r = load_json(results_path)
+# ============================================================================ entry point
+def draw(r: dict, plots_dir: Path, animations_dir: Path | None = None) -> list[Path]:
     plotting.use_style()
-    paths = [draw_vocab_compression(r, plots_dir), draw_merge_frequency(r, plots_dir),
-             draw_throughput(r, plots_dir), draw_token_boundaries(r["samples"][0], plots_dir),
-             write_token_html(r["samples"], plots_dir), draw_embedding_similarity(r, plots_dir),
-             draw_embedding_pca(r, plots_dir), draw_embedding_training(r, plots_dir),
-             draw_patch_lengths(r, plots_dir), draw_patch_compression(r, plots_dir),
-             draw_entropy_trace(r, plots_dir)]
-    return paths
-
-
-def main(argv=None):
-    p = cli.parser("01_tokenization", __doc__)
-    p.add_argument("--vocab-size", type=int, default=None, help="(ignored here; accepted so main.py's flags work)")
-    run = cli.setup(p, argv, header=False)
-    draw(run.results_path, run.plots_dir, run.animations_dir)
+    return [draw_pipeline(r, plots_dir), draw_naive_vs_fast(r, plots_dir), draw_vocab_compression(r, plots_dir),
+            draw_merge_frequency(r, plots_dir), draw_throughput(r, plots_dir),
+            draw_token_boundaries(r["samples"][0], plots_dir), write_token_html(r["samples"], plots_dir),
+            draw_embedding_similarity(r, plots_dir), draw_embedding_pca(r, plots_dir),
+            draw_embedding_training(r, plots_dir), draw_patch_lengths(r, plots_dir),
+            draw_patch_compression(r, plots_dir), draw_entropy_trace(r, plots_dir)]
 
 
 if __name__ == "__main__":
-    cli.run_main(main)
+    cli.visualize_main(draw)

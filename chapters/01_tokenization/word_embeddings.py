@@ -14,6 +14,7 @@ Both models here predict the next word of a Hundred Acre Wood story from the pre
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from shared.corpus import CATEGORIES
+from shared.corpus import CATEGORIES, HundredAcreWood, tokens_per_story
 
 
 class WordVocab:
@@ -146,3 +147,40 @@ def pca_2d(vectors: np.ndarray) -> tuple[np.ndarray, list[float]]:
     _, s, vt = np.linalg.svd(c, full_matrices=False)
     share = (s ** 2 / (s ** 2).sum())[:2]
     return c @ vt[:2].T, [float(v) for v in share]
+
+
+def embeddings_experiment(n_chars: int, cfg: EmbedConfig, seed: int) -> dict:
+    """Next-word prediction on the Hundred Acre Wood with one-hot inputs vs a learned table."""
+    wood = HundredAcreWood()
+    text = wood.text(n_chars, seed=seed)
+    vocab = WordVocab(text)
+    x, y = contexts(vocab.encode(text), cfg.n_ctx)
+    n_train = int(0.9 * len(x))
+    words = sorted((w for w in CATEGORIES if w in vocab.stoi), key=lambda w: (CATEGORIES[w], w))
+    labels = [CATEGORIES[w] for w in words]
+    rows = [vocab.stoi[w] for w in words]
+    # the floor: the text's exact entropy spread over its words (a full-context model's limit)
+    floor = wood.nats_per_token(tokens_per_story(vocab.encode, wood.stories(2000, seed=seed + 1)))
+    out = {"vocab": len(vocab), "n_ctx": cfg.n_ctx, "words": words, "labels": labels, "floor_nats": floor,
+           "train_pairs": n_train, "models": {}}
+    for name, cls in (("one-hot", OneHotMLP), ("learned", EmbeddingMLP)):
+        torch.manual_seed(seed)
+        model = cls(len(vocab), cfg)
+        before = model.word_vectors().numpy()[rows]
+        t0 = time.perf_counter()
+        curve = fit(model, x[:n_train], y[:n_train], cfg, x[n_train:], y[n_train:], desc=f"{name} MLP", seed=seed)
+        seconds = time.perf_counter() - t0
+        vec = model.word_vectors().numpy()[rows]
+        sim = cosine_matrix(vec)
+        coords, share = pca_2d(vec)
+        out["models"][name] = {
+            "params_total": sum(p.numel() for p in model.parameters()), "params_input": input_params(model),
+            "vector_width": vec.shape[1], "train_seconds": seconds, "curve": curve, "val_loss": curve["val"][-1],
+            "similarity": np.round(sim, 4), "pca": np.round(coords, 4), "pca_share": share,
+            "category_similarity": category_similarity(sim, labels),
+            "category_similarity_at_init": category_similarity(cosine_matrix(before), labels)}
+    # one-hot @ W is a row lookup: check it numerically on the trained embedding table
+    W = model.emb.weight.detach()
+    ids = torch.arange(len(vocab))
+    out["onehot_matmul_equals_lookup"] = bool(torch.allclose(F.one_hot(ids, len(vocab)).float() @ W, W[ids]))
+    return out
