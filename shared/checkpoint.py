@@ -7,8 +7,6 @@ to a temporary name and renamed, so an interrupted save never clobbers a good ch
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -16,22 +14,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from shared.errors import WorkbookError
+from shared.files import atomic_path
 from shared.model import GPT, GPTConfig
 
 
 def _atomic_save(tensors: dict, metadata: dict, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:  # a killed save leaves the old checkpoint, never half a new one
         # clone: safetensors refuses tensors that share memory (tied embeddings)
         save_file({k: v.detach().contiguous().cpu().clone() for k, v in tensors.items()}, tmp,
                   metadata={k: json.dumps(v) for k, v in metadata.items()})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read(path: Path) -> tuple[dict, dict]:

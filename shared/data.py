@@ -24,6 +24,7 @@ import torch
 from shared import paths
 from shared.corpus import HundredAcreWood, english_text
 from shared.errors import WorkbookError
+from shared.files import atomic_path, atomic_write_bytes
 
 
 def load_text(source: str = "wood", n_chars: int = 2_000_000, seed: int = 0) -> str:
@@ -40,14 +41,52 @@ def load_text(source: str = "wood", n_chars: int = 2_000_000, seed: int = 0) -> 
         files = sorted(p for p in path.rglob("*") if p.suffix in {".txt", ".md"} and p.is_file())
         if not files:
             raise WorkbookError(f"folder {path} holds no .txt or .md files")
-        text = "\n\n".join(p.read_text(encoding="utf-8", errors="replace") for p in files)
+        text = "\n\n".join(decode_text(p.read_bytes(), str(p)) for p in files)
     elif path.is_file():
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = decode_text(path.read_bytes(), str(path))
     else:
         raise WorkbookError(f"text source {source!r} is not 'wood', 'english', hf:NAME, a URL, or an existing file/folder")
     if not text.strip():
         raise WorkbookError(f"text source {source!r} is empty")
+    warn_if_large(text)
     return text
+
+
+# Tokenizing and holding a text costs roughly this many bytes of memory per character (the str, the
+# int64 ids while encoding, the saved int32 arrays): measured ~28 on a 50 MB text.
+BYTES_PER_CHAR = 28
+LARGE_TEXT_BYTES = 2**30
+
+
+def warn_if_large(text: str) -> None:
+    need = len(text) * BYTES_PER_CHAR
+    if need > LARGE_TEXT_BYTES / 4:
+        print(f"note: {len(text) / 1e6:.0f} M characters of text: expect ~{need / 2**30:.1f} GiB of memory "
+              "to tokenize and hold it (pass a smaller file, or a folder of fewer files, to use less)")
+
+
+def decode_text(data: bytes, name: str) -> str:
+    """Bytes of a text file -> str, saying so when it is not UTF-8 and refusing what is not text.
+
+    UTF-8 is tried first (with or without a byte-order mark); a file that is not valid UTF-8 is
+    most often Windows' cp1252 or Latin-1, which decode any byte sequence, so they are a fallback
+    we announce rather than a silent guess. NUL bytes mean a binary file (an image, a model, a
+    zip): training on that would only teach the model noise."""
+    if b"\x00" in data[:1 << 20] and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise WorkbookError(f"{name} looks like a binary file (it contains NUL bytes), not text: pass a .txt file")
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        fallback = "cp1252"
+        try:
+            text = data.decode(fallback)
+        except UnicodeDecodeError:
+            fallback, text = "latin-1", data.decode("latin-1")
+        print(f"note: {name} is not UTF-8 (first bad byte at offset {e.start}); read it as {fallback}. "
+              "If its accents look wrong, convert it: iconv -f <its encoding> -t utf-8")
+        return text
 
 
 def _load_hf(spec: str) -> str:
@@ -67,16 +106,18 @@ def _load_hf(spec: str) -> str:
 def _load_url(url: str) -> str:
     dest = paths.DATA_RAW / ("url-" + hashlib.sha1(url.encode()).hexdigest()[:16] + ".txt")
     if not dest.exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
         try:
             with urllib.request.urlopen(url, timeout=30) as r:
+                kind = r.headers.get_content_type()
                 data = r.read()
         except Exception as e:
             raise WorkbookError(f"cannot download {url}: {e}") from e
-        tmp = dest.with_suffix(".part")
-        tmp.write_bytes(data)
-        tmp.replace(dest)
-    return dest.read_text(encoding="utf-8", errors="replace")
+        if kind != "text/plain" and not kind.startswith("text/markdown"):
+            raise WorkbookError(f"{url} is {kind}, not plain text: a web page's HTML would train the model on "
+                                "markup. Link to the raw .txt file (e.g. Project Gutenberg's 'Plain Text UTF-8')")
+        decode_text(data, url)  # refuses binaries before anything is cached
+        atomic_write_bytes(dest, data)
+    return decode_text(dest.read_bytes(), url)
 
 
 @dataclass
@@ -145,8 +186,6 @@ def _cached_encode(text: str, tokenizer) -> np.ndarray:
     if path.exists():
         return np.load(path)
     ids = np.array(tokenizer.encode(text), dtype=np.int32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, ids)
-    tmp.replace(path)
+    with atomic_path(path, keep_suffix=True) as tmp:  # two runs at once each write their own file
+        np.save(tmp, ids)
     return ids

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from shared import paths
 from shared.errors import WorkbookError
+from shared.files import atomic_path
 
 
 class CharTokenizer:
@@ -236,7 +237,6 @@ def build(kind: str, text: str, vocab_size: int = 1024, cache_dir: Path | None =
         return load(path)
     tok = BPETokenizer.train(text, vocab_size)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tok.save(tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:  # unique temporary name: two runs at once never share it
+        tok.save(tmp)
     return tok
