@@ -197,8 +197,16 @@ def test_main_quick_end_to_end(tmp_path):
     run_quick(CH, tmp_path)
     res = results_of(tmp_path, CH)
     h = res["headline"]
+    fill = res["fill_in_the_blank"]
+    rows = {row["blank in"]: row for row in fill["table"]}
+    parts = [rows[w] for w in ("opening", "middle", "ending") if w in rows]
+    assert rows["all"]["n"] == fill["n"] == sum(r["n"] for r in parts) > 0
     for k in ("mlm", "clm", "prefix", "oracle", "chance"):
-        assert 0.0 <= h[f"fill_acc_{k}"] <= 1.0
+        assert h[f"fill_acc_{k}"] == rows["all"][k]   # the headline is the all-blanks row, the n-weighted mean
+        assert math.isclose(rows["all"][k], sum(r[k] * r["n"] for r in parts) / fill["n"], rel_tol=1e-9)
+    for k in ("mlm", "clm", "prefix"):   # a model's accuracy is right answers / blanks
+        right = h[f"fill_acc_{k}"] * fill["n"]
+        assert abs(right - round(right)) < 1e-6
     assert h["fill_acc_oracle"] > h["fill_acc_chance"]
     assert h["suffix_nats_clm"] > h["suffix_floor_nats"] > 0        # no model beats the exact floor
     assert len(res["masks"]["tokens"]) == len(res["masks"]["clm"])

@@ -521,6 +521,23 @@ def test_sft_in_order_feeds_the_batches_in_order(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- the scripts
+def is_share_of(value: float, n: int) -> bool:
+    """`value` is k/n for a whole k (float32 means are good to ~1e-7)."""
+    return n > 0 and 0 <= value <= 1 and abs(value * n - round(value * n)) < 1e-4
+
+
+def test_reward_length_correlation_is_measured(monkeypatch):
+    """sanity_checks' length correlation on stand-in reward models whose reward is the answer's length
+    (r = +1) or minus it (r = -1); and with the latter the gold answer beats the longer corruptions."""
+    pairs = [{"prompt": "Q?", "chosen": " red", "rejected": " blue"},
+             {"prompt": "Q?", "chosen": " Pooh", "rejected": " Owl"}]
+    for sign in (1.0, -1.0):
+        monkeypatch.setattr(m, "score", lambda rm, tk, prompts, answers: torch.tensor([sign * len(a) for a in answers]))
+        r = m.sanity_checks(None, None, pairs)
+        assert r["length_corr"] == pytest.approx(sign, abs=1e-6) and r["n_prompts"] == 2
+    assert r["table"]["repeated"]["gold_wins"] == 1.0 and r["table"]["empty"]["gold_wins"] == 0.0
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ch12")
@@ -532,8 +549,13 @@ def quick_run(tmp_path_factory):
 def test_quick_run_results(quick_run):
     out, res = quick_run
     h = res["headline"]
-    for k in ("sft_exact_match_before", "sft_exact_match_after", "lora_exact_match", "reward_model_accuracy"):
-        assert 0.0 <= h[k] <= 1.0
+    n_test, n_pairs = res["data"]["test_examples"], res["data"]["pairs_test"]
+    for k, detail, n in (("sft_exact_match_before", res["sft"]["before"], n_test),
+                         ("sft_exact_match_after", res["sft"]["after"], n_test),
+                         ("lora_exact_match", res["lora"]["accuracy"], n_test),
+                         ("reward_model_accuracy", res["reward_model"]["accuracy"], n_pairs)):
+        assert h[k] == detail["overall"]
+        assert is_share_of(h[k], n)   # right answers (or rightly ranked pairs) / all of them
     assert res["lora"]["merge_max_abs_diff"] < 1e-4
     assert 0 < h["lora_trainable_share"] < 0.5
     assert set(res["rl"]["curves"]) == {"PPO", "PPO, no KL", "GRPO", "DPO"}
@@ -546,13 +568,13 @@ def test_quick_run_results(quick_run):
     rm = res["reward_model"]
     assert set(rm["variants"]) == {"match, BT", "last token, BT", "match, margin"}
     assert set(rm["sanity"]["table"]) == set(m.CORRUPTIONS)
-    assert -1.0 <= rm["sanity"]["length_corr"] <= 1.0
+    assert rm["sanity"]["n_prompts"] > 0 and set(rm["sanity"]["table"]["gold"]) == {"mean_reward", "gold_wins"}
     assert len(rm["losses"]) == res["config"]["rm_epochs"]
     dpo = res["rl"]["dpo"]
     assert [p["step"] for p in dpo["log"]] == list(range(res["config"]["dpo_steps"]))
     assert dpo["log"][0]["chosen"] == pytest.approx(0.0, abs=1e-4)   # step 0: the policy is still the reference
     assert dpo["log"][0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
-    assert 0.0 <= dpo["heldout"]["accuracy"] <= 1.0 and dpo["n_heldout"] == res["data"]["pairs_test"]
+    assert is_share_of(dpo["heldout"]["accuracy"], n_pairs) and dpo["n_heldout"] == n_pairs
     assert (out / "plots" / CHAPTER / "dpo_logratios.png").exists()
 
 
@@ -576,18 +598,19 @@ def test_quick_run_with_extras(tmp_path):
     acc = x["classification"]["accuracy"]
     assert set(acc) == {"chance (majority class)", "BoW logistic regression", "head only (last token)",
                         "head only (mean pool)", "full fine-tune (last token)"}
-    assert all(0.0 <= v <= 1.0 for v in acc.values())
+    assert all(is_share_of(v, x["classification"]["n_test"]) for v in acc.values())
     assert len(x["classification"]["full"]["losses"]) == x["config"]["cls_steps"]
     cur = x["curriculum"]
     assert set(cur["runs"]) == set(X.ORDERS)
     for runs in cur["runs"].values():
         assert len(runs) == x["config"]["cur_seeds"]
         for run_ in runs:
-            assert len(run_["losses"]) == x["config"]["cur_steps"] and 0.0 <= run_["overall"] <= 1.0
+            assert len(run_["losses"]) == x["config"]["cur_steps"] and is_share_of(run_["overall"], x["config"]["n_cur_test"])
     easy = cur["runs"]["easy → hard"][0]["batch_difficulty"]
     assert easy == sorted(easy)
     assert cur["runs"]["hard → easy"][0]["batch_difficulty"] == pytest.approx(easy[::-1], rel=1e-9)
-    assert x["cpu_s"]["total"] > 0
+    for clock in ("cpu_s", "wall_s"):   # the total is its two parts
+        assert x[clock]["total"] == pytest.approx(x[clock]["classification"] + x[clock]["curriculum"], rel=1e-9)
     pngs = {p.name for p in (tmp_path / "plots" / CHAPTER).glob("*.png")}
     assert {"extras_classification.png", "extras_curriculum.png"} <= pngs
 

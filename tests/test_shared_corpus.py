@@ -5,6 +5,7 @@ import random
 import numpy as np
 import pytest
 
+from shared import corpus
 from shared.corpus import CHARACTERS, HundredAcreWood, english_text, tokens_per_story
 from shared.data import TokenData, load_text
 from shared.errors import WorkbookError
@@ -12,17 +13,102 @@ from shared.tokenizer import BPETokenizer, ByteTokenizer, CharTokenizer, build
 
 WOOD = HundredAcreWood()
 
+# ----------------------------------------------------------------------------- the floor, counted by hand
+# Everything below is counted from the word lists alone, never from the floor code: every choice in
+# the grammar is uniform, so a sentence's bits are log2 of how many sentences its template can make.
+N_CHAR = len(CHARACTERS)
+CHOICES = {"opening": len(corpus.MOODS) * N_CHAR * len(corpus.COLORS) * len(corpus.OBJECTS),
+           "walk": N_CHAR * len(corpus.WALK_VERBS) * len(corpus.PLACES),
+           "say": len(corpus.GREETINGS) * N_CHAR * (N_CHAR - 1),     # the speaker is not the one greeted
+           "meet": N_CHAR * (N_CHAR - 1) * len(corpus.PLACES),       # nor is the one met
+           "home": N_CHAR}                                    # the home follows from who goes there
+
+
+def choice_bits(story) -> float:
+    """-log2 p(story) from the choices the story made: the opening, per middle sentence its template
+    and its words, a continue decision after each middle sentence but the last, the stop, the verb."""
+    bits = math.log2(CHOICES["opening"])
+    for s in story.middle:
+        bits += math.log2(len(corpus.MIDDLE_TEMPLATES)) + math.log2(CHOICES[s.kind])
+    bits += -(len(story.middle) - 1) * math.log2(corpus.P_CONTINUE) - math.log2(1 - corpus.P_CONTINUE)
+    return bits + math.log2(len(corpus.ENDING_VERBS[story.mood]))
+
+
+def mean_len(words) -> float:
+    return sum(map(len, words)) / len(words)
+
+
+def blank_len(template: str) -> float:
+    return len(template.replace("{}", ""))
+
+
+def closed_form_floor() -> dict:
+    """The exact entropy of the story stream, from the word lists: bits per story and the expected
+    characters per story (by linearity of expectation: the template's fixed characters plus the mean
+    length of each word it fills in)."""
+    p = corpus.P_CONTINUE
+    mean_middles = 1 / (1 - p)                       # 1 + Geometric(1 - p) middle sentences
+    h_middle = math.log2(len(corpus.MIDDLE_TEMPLATES)) + sum(math.log2(CHOICES[k]) for k in corpus.MIDDLE_TEMPLATES) / 4
+    h_stop = -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
+    h_ending = sum(math.log2(len(corpus.ENDING_VERBS[m])) for m in corpus.MOODS) / len(corpus.MOODS)
+    bits = math.log2(CHOICES["opening"]) + mean_middles * (h_middle + h_stop) + h_ending
+    c = mean_len(CHARACTERS)
+    color_object = mean_len(corpus.COLORS) + mean_len(corpus.OBJECTS)
+    len_opening = blank_len("On a {} day, {} had a {} {}.") + mean_len(corpus.MOODS) + c + color_object
+    len_middle = (blank_len("{} {} to the {}.") + c + mean_len(corpus.WALK_VERBS) + mean_len(corpus.PLACES)
+                  + blank_len('"{}, {}," said {}.') + mean_len(corpus.GREETINGS) + 2 * c
+                  + blank_len("{} met {} near the {}.") + 2 * c + mean_len(corpus.PLACES)
+                  + mean_len([f"{who} went home to the {corpus.HOMES[who]}." for who in CHARACTERS])) / 4
+    verb = sum(mean_len(corpus.ENDING_VERBS[m]) for m in corpus.MOODS) / len(corpus.MOODS)
+    len_ending = blank_len("In the evening, {} {} the {} {}.") + c + verb + color_object
+    # a space between each pair of sentences, and the newline that ends the story
+    chars = len_opening + mean_middles * len_middle + len_ending + (mean_middles + 1) + 1
+    return {"bits_opening": math.log2(CHOICES["opening"]), "bits_middle_sentence": h_middle,
+            "bits_stop_decision": h_stop, "bits_ending": h_ending, "mean_middle_sentences": mean_middles,
+            "bits_per_story": bits, "chars_per_story": chars, "bits_per_char": bits / chars,
+            "nats_per_char": bits / chars * math.log(2)}
+
+
+def test_hand_counted_choices_are_the_grammars_sentences():
+    """The counts above are the number of sentences the corpus enumerates of each kind, each
+    equally likely: so log2(count) is each sentence's information."""
+    for kind in ("walk", "say", "meet", "home"):
+        of_kind = [s for s in WOOD.middles if s.kind == kind]
+        assert len(of_kind) == CHOICES[kind]
+        each = 1 / (len(corpus.MIDDLE_TEMPLATES) * CHOICES[kind])
+        assert [s.prob for s in of_kind] == pytest.approx([each] * len(of_kind), rel=1e-12)
+    assert len(WOOD.openings) == CHOICES["opening"]
+
+
+def test_floor_parts_equal_their_closed_forms():
+    """Each part of the "exact" floor against its closed form (e.g. the opening: log2 of its 1536
+    choices, 10.585 bits); a 1% error in any part, or in the characters per story, fails."""
+    ent, exact = WOOD.entropy(), closed_form_floor()
+    assert exact["bits_opening"] == pytest.approx(math.log2(3 * 8 * 8 * 8), rel=1e-15)   # hand-checked
+    for key, value in exact.items():
+        assert ent[key] == pytest.approx(value, rel=1e-12), key
+
+
+def test_story_log_prob_is_the_sum_of_its_choices():
+    """log2 p(story) against an independent count of the choices each story made."""
+    stories = WOOD.stories(300, seed=11)
+    assert {s.kind for st in stories for s in st.middle} == set(corpus.MIDDLE_TEMPLATES)   # every template seen
+    assert len({len(st.middle) for st in stories}) > 5
+    for st in stories:
+        assert -st.log2_prob() == pytest.approx(choice_bits(st), rel=1e-12)
+
 
 def test_computed_entropy_matches_empirical_estimate():
-    """Analytic bits/char vs the mean -log2 p of 20k sampled stories (unbiased MC estimate)."""
+    """Analytic bits/char vs sum(-log2 p) / sum(chars) over 20k sampled stories: the ratio estimate,
+    whose standard error (0.13%) is small enough that a 1% error in the floor fails."""
     stories = WOOD.stories(20_000, seed=7)
     bits = np.array([-s.log2_prob() for s in stories])
     chars = np.array([len(s.text) for s in stories])
     ent = WOOD.entropy()
-    se = bits.std() / math.sqrt(len(bits))
-    assert abs(bits.mean() - ent["bits_per_story"]) < 4 * se
-    assert chars.mean() == pytest.approx(ent["chars_per_story"], rel=0.01)
-    assert bits.mean() / chars.mean() == pytest.approx(ent["bits_per_char"], rel=0.01)
+    rate = bits.sum() / chars.sum()
+    se = (bits - rate * chars).std() / math.sqrt(len(bits)) / chars.mean()   # delta method
+    assert 3 * se < 0.005 * rate            # so the check below is tighter than half a percent
+    assert abs(rate - ent["bits_per_char"]) < 3 * se
     assert ent["nats_per_char"] == pytest.approx(ent["bits_per_char"] * math.log(2))
 
 
@@ -40,7 +126,7 @@ def test_every_generated_story_is_valid_and_parses_back():
     stories = WOOD.stories(500, seed=1)
     for st in stories:
         parsed = WOOD.parse_story(st.text)
-        assert parsed is not None and parsed.log2_prob() == pytest.approx(st.log2_prob())
+        assert parsed == st   # the same opening, middle sentences and ending
     report = WOOD.check("".join(s.text for s in stories))
     assert report["sentence_validity"] == 1.0 and report["story_validity"] == 1.0
 
@@ -56,14 +142,27 @@ def test_checker_rejects_broken_text():
 
 
 def test_floor_vs_context_decreases_to_the_entropy_rate():
-    f = WOOD.floor_vs_context([16, 64, 256, 4096], n_stories=3000)
-    rate = WOOD.entropy()["nats_per_char"]
+    contexts = [16, 64, 200, 4096]
+    f = WOOD.floor_vs_context(contexts, n_stories=3000)
+    exact = closed_form_floor()
+    rate = exact["nats_per_char"]
     floors = f["nats_per_char"]
     assert floors == sorted(floors, reverse=True)
-    assert floors[-1] == pytest.approx(rate, rel=1e-3)
-    # with no view of the opening every long-range fact is paid again: log2(6)-1 + 3*3 bits per story
-    assert floors[0] == pytest.approx(rate + (math.log2(6) - 1 + 9) * math.log(2) / WOOD.entropy()["chars_per_story"],
-                                      rel=1e-3)
+    assert floors[-1] == pytest.approx(rate, rel=1e-12)
+    # with no view of the opening every long-range fact is paid again: the ending verb without its
+    # mood (log2 of all 6 verbs, less the 1 bit it costs given the mood), the hero, colour and object
+    extra_bits = (math.log2(sum(map(len, corpus.ENDING_VERBS.values()))) - exact["bits_ending"]
+                  + math.log2(N_CHAR) + math.log2(len(corpus.COLORS)) + math.log2(len(corpus.OBJECTS)))
+    assert floors[0] == pytest.approx(rate + extra_bits * math.log(2) / exact["chars_per_story"], rel=1e-12)
+    # in between: the hero is lost when more than c characters separate it from the ending's hero
+    hero_gaps = []
+    for st in WOOD.stories(3000, seed=1):
+        hero = st.opening.get("hero")
+        src_end = st.text.index(hero) + len(hero)
+        tgt = st.text.rindex("In the evening, ") + len("In the evening, ")
+        hero_gaps.append(tgt - src_end)
+    p_lost = float(np.mean(np.array(hero_gaps) > 200))
+    assert 0.05 < p_lost < 0.95 and f["p_lost"]["hero"][2] == p_lost
 
 
 def test_derived_tasks_state_true_answers():
@@ -91,10 +190,14 @@ def test_lazy_examples_and_pairs_are_the_listed_ones():
 
 
 def test_per_token_floor_uses_the_same_bits():
+    """Per token = the story's exact bits over its tokens: per character for a character tokenizer."""
     stories = WOOD.stories(300, seed=3)
     tok = CharTokenizer.from_text("".join(s.text for s in stories))
-    per_char = WOOD.nats_per_token(tokens_per_story(tok.encode, stories))
-    assert per_char == pytest.approx(WOOD.entropy()["nats_per_char"], rel=0.03)
+    per_story = tokens_per_story(tok.encode, stories)
+    assert per_story == pytest.approx(np.mean([len(s.text) for s in stories]), rel=1e-15)
+    bits = closed_form_floor()["bits_per_story"]
+    assert WOOD.nats_per_token(per_story) == pytest.approx(bits * math.log(2) / per_story, rel=1e-12)
+    assert WOOD.nats_per_token(2.0) == pytest.approx(bits * math.log(2) / 2, rel=1e-12)
 
 
 def test_english_ships_with_python():
@@ -119,6 +222,10 @@ def test_tokenizers_round_trip_and_errors(tmp_path):
     text = WOOD.text(5000, seed=0)
     for tok in (CharTokenizer.from_text(text), ByteTokenizer(), BPETokenizer.train(text, 300)):
         assert tok.decode(tok.encode(text)) == text
+    # bytes: any text, non-ASCII included (2-, 3- and 4-byte UTF-8 characters), byte for byte
+    worldly = "naïve 🐻 東京"
+    assert ByteTokenizer().encode(worldly) == list(worldly.encode("utf-8")) and len(worldly.encode("utf-8")) == 18
+    assert ByteTokenizer().decode(ByteTokenizer().encode(worldly)) == worldly
     with pytest.raises(WorkbookError, match="too small"):
         BPETokenizer.train(text, 100)
     with pytest.raises(WorkbookError, match="not in this char"):

@@ -7,10 +7,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from shared import corpus
 from shared.corpus import HundredAcreWood
 from shared.evaluate import story_loss, story_nats
 from shared.model import GPT, GPTConfig
 from shared.tokenizer import CharTokenizer
+
+
+def choice_nats(story) -> float:
+    """-ln p(story) counted from the choices the story made, every one uniform over the word lists:
+    the opening's words, each middle sentence's template and words, a continue (p = 0.75) after
+    every middle sentence but the last, the stop, and one of its mood's ending verbs."""
+    n = len(corpus.CHARACTERS)
+    choices = {"walk": n * len(corpus.WALK_VERBS) * len(corpus.PLACES),
+               "say": len(corpus.GREETINGS) * n * (n - 1), "meet": n * (n - 1) * len(corpus.PLACES), "home": n}
+    ways = len(corpus.MOODS) * n * len(corpus.COLORS) * len(corpus.OBJECTS)   # the opening
+    ways *= math.prod(4 * choices[s.kind] for s in story.middle)
+    bits = math.log2(ways) - (len(story.middle) - 1) * math.log2(0.75) + math.log2(4)
+    return (bits + math.log2(len(corpus.ENDING_VERBS[story.mood]))) * math.log(2)
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +56,23 @@ def test_story_loss_sums_story_nats_and_the_exact_floor(setup):
     chars = sum(len(stories[i].text) for i in kept)
     assert r["stories"] == len(kept) and r["skipped_too_long"] == len(stories) - len(kept) and r["chars"] == chars
     assert r["model_nats_per_char"] == pytest.approx(float(nats.sum()) / chars, rel=1e-12)
-    floor = sum(-stories[i].log2_prob() for i in kept) * math.log(2) / chars
+    floor = sum(choice_nats(stories[i]) for i in kept) / chars
     assert r["floor_nats_per_char"] == pytest.approx(floor, rel=1e-12)
     assert r["gap_nats_per_char"] == pytest.approx(r["model_nats_per_char"] - floor, rel=1e-9)
+
+
+def test_a_story_that_exactly_fits_the_context_is_scored():
+    """A story of T characters is fed as T inputs (its newline first): it fits a context of T tokens
+    exactly, and one character more does not."""
+    stories = HundredAcreWood().stories(60, seed=9)
+    tok = CharTokenizer.from_text("\n" + "".join(st.text for st in stories))
+    lengths = [len(st.text) for st in stories]
+    block = min(n for n in lengths if n + 1 in lengths and n > 150)   # a story of `block` and one of block + 1
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, d_model=16, block_size=block)).eval()
+    nats, kept = story_nats(model, tok, stories, batch_size=8)
+    assert kept == [i for i, n in enumerate(lengths) if n <= block]
+    r = story_loss(model, tok, stories)
+    assert r["stories"] == len(kept) and r["skipped_too_long"] == sum(n > block for n in lengths)
+    # and with an explicit max_len the same edge: max_len inputs fit
+    assert story_nats(model, tok, stories, max_len=block - 1)[1] == [i for i, n in enumerate(lengths) if n < block]

@@ -1,9 +1,12 @@
 """The shared transformer: causality, attention implementations, GQA, RoPE, KV cache, HF parity."""
+import math
+
 import pytest
 import torch
 
+from shared import model as model_lib
 from shared.errors import WorkbookError
-from shared.model import GPT, GPTConfig, KVCache, apply_rope, rope_cos_sin, sample_logits
+from shared.model import GPT, Block, GPTConfig, KVCache, alibi_slopes, apply_rope, rope_cos_sin, sample_logits
 
 VARIANTS = {
     "gpt2-like": dict(),
@@ -64,6 +67,128 @@ def test_num_samples_equals_repeating_the_prompt(use_cache):
     assert many.shape == (6, 15) and torch.equal(many[:, :9], x.repeat_interleave(3, dim=0))
     assert torch.equal(many, repeated)
     assert len({tuple(r) for r in many[:3, 9:].tolist()}) > 1       # the samples of one prompt differ
+
+
+def loud(**kw) -> GPT:
+    """tiny() with weights far from the init's near-zero scale, so every prompt gives different,
+    peaked next-token logits (with the init's, all logits are within ~0.1 of each other)."""
+    m = tiny(**kw)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.3 if p.dim() > 1 else 1.0))
+    return m
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_num_samples_continue_their_own_prompt(use_cache, monkeypatch):
+    """Every step's logits, for every output row, are the model's logits on that row's own prompt
+    and tokens so far: row i*n + j continues prompt i. Read from what generate hands the sampler."""
+    m = loud(pos="rope", n_kv_head=2)
+    x = torch.randint(40, (2, 7), generator=torch.Generator().manual_seed(1))
+    seen, real = [], model_lib.sample_logits
+
+    def recording_sampler(logits, *args, **kwargs):
+        seen.append(logits.clone())
+        return real(logits, *args, **kwargs)
+
+    monkeypatch.setattr(model_lib, "sample_logits", recording_sampler)
+    out = m.generate(x, 5, use_cache=use_cache, num_samples=3, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (6, 12) and len(seen) == 5
+    assert torch.equal(out[:, :7], x.repeat_interleave(3, dim=0))
+    with torch.no_grad():
+        for step, logits in enumerate(seen):
+            expected = m(out[:, :7 + step])[:, -1]   # each row on its own, in one full forward
+            assert (logits - expected).abs().max() < 1e-4, step
+    assert (seen[0][0] - seen[0][3]).abs().max() > 1.0    # the two prompts' logits differ (so a mix-up shows)
+
+
+def test_top_p_keeps_the_smallest_prefix_and_renormalises(monkeypatch):
+    """Top-p at p = 0.8, 0.88 and 0.9 on logits [1, 3, 2, -1] (and the same reversed): the probabilities
+    handed to the sampler, against a hand computation. softmax = [.0889, .6572, .2418, .0120]."""
+    logits = torch.tensor([[1.0, 3.0, 2.0, -1.0], [-1.0, 2.0, 3.0, 1.0]])
+    e = [math.exp(v) for v in (1.0, 3.0, 2.0, -1.0)]
+    # p = 0.8: 3 alone has .657 < .8, with 2 it has .899 >= .8 -> keep {3, 2}
+    keep2 = [0.0, e[1] / (e[1] + e[2]), e[2] / (e[1] + e[2]), 0.0]
+    # p = 0.9: .899 < .9, so the next token (1, .089) joins -> keep {3, 2, 1}
+    z3 = e[0] + e[1] + e[2]
+    keep3 = [e[0] / z3, e[1] / z3, e[2] / z3, 0.0]
+    handed, real = [], torch.multinomial
+
+    def recording_multinomial(probs, *args, **kwargs):
+        handed.append(probs.clone())
+        return real(probs, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "multinomial", recording_multinomial)
+    for top_p, row in ((0.8, keep2), (0.88, keep2), (0.9, keep3)):   # .88: just under the .899 that two reach
+        handed.clear()
+        sample_logits(logits, top_p=top_p, generator=torch.Generator().manual_seed(0))
+        (probs,) = handed
+        assert probs[0].tolist() == pytest.approx(row, abs=1e-6)
+        assert probs[1].tolist() == pytest.approx(row[::-1], abs=1e-6)   # the same, in the other row's order
+    # temperature applies before the cut: at T = 2 the softmax is flatter and p = 0.8 keeps three tokens
+    handed.clear()
+    sample_logits(logits[:1], temperature=2.0, top_p=0.8, generator=torch.Generator().manual_seed(0))
+    h = [math.exp(v / 2) for v in (1.0, 3.0, 2.0)]
+    assert handed[0][0].tolist() == pytest.approx([h[0] / sum(h), h[1] / sum(h), h[2] / sum(h), 0.0], abs=1e-6)
+
+
+def test_sliding_window_sees_itself_and_window_minus_one_before():
+    m = tiny(pos="sinusoidal", window=5, attn_impl="explicit")   # near-uniform weights: every visible key > 0
+    block = m.blocks[1]
+    block.attn.record = True
+    with torch.no_grad():
+        m(torch.randint(40, (1, 12), generator=torch.Generator().manual_seed(2)))
+    i, j = torch.arange(12)[:, None], torch.arange(12)[None, :]
+    visible = (i - j >= 0) & (i - j < 5)
+    w = block.attn.weights[0]
+    assert torch.equal(w > 0, visible.expand_as(w))
+
+
+def test_alibi_slopes_are_the_papers():
+    """Press et al.: for n heads a geometric sequence from 2^(-8/n); for 12 heads the 8-head slopes
+    followed by every other one of the 16-head slopes."""
+    assert alibi_slopes(8).tolist() == pytest.approx([2.0 ** -k for k in range(1, 9)], rel=1e-6)
+    assert alibi_slopes(4).tolist() == pytest.approx([2.0 ** -k for k in (2, 4, 6, 8)], rel=1e-6)
+    assert alibi_slopes(12).tolist() == pytest.approx([2.0 ** -k for k in range(1, 9)]
+                                                      + [2.0 ** -k for k in (0.5, 1.5, 2.5, 3.5)], rel=1e-6)
+
+
+@pytest.mark.parametrize("position", ["pre", "post"])
+def test_block_wiring_pre_and_post_norm(position):
+    """Pre-norm: x + attn(norm(x)), then + mlp(norm(.)). Post-norm (2017): norm(x + attn(x)), then
+    norm(. + mlp(.)). Written out from the block's own parts."""
+    torch.manual_seed(0)
+    block = Block(GPTConfig(d_model=32, n_head=4, norm_position=position), 0).eval()
+    with torch.no_grad():
+        for p in block.parameters():   # gains away from 1, so a norm in the wrong place shows
+            p.add_(torch.randn(p.shape) * 0.3)
+        x = torch.randn(2, 10, 32)
+        a, f, n1, n2 = block.attn, block.mlp, block.attn_norm, block.mlp_norm
+        if position == "pre":
+            h = x + a(n1(x))
+            expected = h + f(n2(h))
+        else:
+            h = n1(x + a(x))
+            expected = n2(h + f(h))
+        assert (block(x) - expected).abs().max() < 1e-5
+
+
+def test_moe_mixes_the_top_k_experts_by_renormalised_router_probabilities():
+    m = loud(n_experts=4, expert_top_k=2)
+    moe = m.blocks[0].mlp
+    x = torch.randn(7, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        out = moe(x)
+        probs = moe.router(x).softmax(-1)
+        for t in range(len(x)):
+            top = probs[t].topk(2)
+            weights = top.values / top.values.sum()
+            expected = sum(w * moe.experts[e](x[t]) for w, e in zip(weights, top.indices.tolist()))
+            assert (out[t] - expected).abs().max() < 1e-5
+    # the load-balancing term: E * sum_e (share of the k-choices routed to e) * (mean router probability of e)
+    share = torch.bincount(moe.last_choice.flatten(), minlength=4).float() / moe.last_choice.numel()
+    assert moe.aux_loss.item() == pytest.approx(4 * (share * probs.mean(0)).sum().item(), rel=1e-5)
 
 
 def test_gqa_equals_mha_with_repeated_kv_heads():
