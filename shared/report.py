@@ -84,3 +84,27 @@ def write_block(chapter: str, block: str) -> Path:
     text = text.replace(old, block) if old else text.rstrip() + "\n\n" + block + "\n"
     atomic_write_bytes(path, text.encode())
     return path
+
+
+def rebuild(chapter: str) -> Path:
+    """Rewrite a chapter's notes.md block from its committed default results, without rerunning it
+    (after editing report.py or claims.py): `uv run python -m shared.report 09`."""
+    import json
+
+    from shared.cli import _chapter_module
+
+    results = json.loads((paths.VISUALIZATIONS / "results" / f"{chapter}.json").read_text())
+    claims = _chapter_module(chapter, "claims", required=False)
+    block = notes_block(chapter, results, _chapter_module(chapter, "report").notes(results),
+                        getattr(claims, "CLAIMS", None))
+    return write_block(chapter, block)
+
+
+if __name__ == "__main__":
+    import sys
+
+    for wanted in sys.argv[1:] or sorted(p.parent.name for p in paths.CHAPTERS_DIR.glob("*/report.py")):
+        match = [p.name for p in paths.CHAPTERS_DIR.iterdir() if p.name == wanted or p.name.startswith(f"{wanted}_")]
+        if len(match) != 1:
+            sys.exit(f"error: no single chapter matches {wanted!r}")
+        print(f"notes: {rebuild(match[0])}")

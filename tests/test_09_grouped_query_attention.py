@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from shared.model import GPT, GPTConfig, KVCache
-from shared.testing import load_chapter_module, results_of, run_quick, run_script
+
+from workbook_testing import assert_exit_2, load_chapter_module, results_of, run_quick, run_script
 
 av = load_chapter_module("09_grouped_query_attention", "attention_variants")
 
@@ -126,19 +127,28 @@ def test_main_quick_end_to_end(tmp_path):
     assert all(row["measured_bytes"] == row["formula_bytes"] for row in r["cache"])
     assert r["seed_claim"]["ratio"] == 4
     assert all(row["cache_matches_uncached"] for row in r["mla"])
-    pngs = {p.name for p in (tmp_path / "plots" / "09_grouped_query_attention").glob("*.png")}
-    assert {"quality_vs_groups.png", "cache_bytes.png", "mla_quality.png"} <= pngs
+    plots = tmp_path / "plots" / "09_grouped_query_attention"
+    names = {"gqa_sharing", "quality_vs_groups", "uptraining", "cache_bytes", "decode_speed", "mla_quality"}
+    assert {p.stem for p in plots.glob("*.png")} == names
+    from PIL import Image
+
+    assert all(Image.open(p).width <= 1400 for p in plots.glob("*.png"))   # legible at README width
 
     for p in (tmp_path / "plots" / "09_grouped_query_attention").glob("*.png"):
         p.unlink()
     redraw = run_script("09_grouped_query_attention", "visualize.py", "--quick", "--out", tmp_path)
     assert redraw.returncode == 0, redraw.stderr[-2000:]
-    assert len(list((tmp_path / "plots" / "09_grouped_query_attention").glob("*.png"))) == 5
+    assert {p.stem for p in plots.glob("*.png")} == names
 
 
-def test_bad_input_is_one_error_line(tmp_path):
-    res = run_script("09_grouped_query_attention", "main.py", "--quick", "--uptrain-steps", "-3",
-                     "--out", tmp_path)
-    assert res.returncode == 2
-    assert res.stderr.strip().count("\n") == 0 and res.stderr.startswith("error:")
-    assert not (tmp_path / "results" / "09_grouped_query_attention.json").exists()
+@pytest.mark.parametrize("args, message", [(["--uptrain-steps", "-3"], "a positive integer"),
+                                           (["--uptrain-steps", "0"], "a positive integer"),
+                                           (["--seed", "-1"], "a seed between"),
+                                           (["--text", "wood"], "unrecognized arguments")])
+def test_bad_input_is_one_error_line(tmp_path, args, message):
+    assert_exit_2("09_grouped_query_attention", "main.py", ["--quick", *args], message, tmp_path)
+
+
+def test_visualize_without_results_is_one_error_line(tmp_path):
+    res = run_script("09_grouped_query_attention", "visualize.py", "--quick", "--device", "cuda", "--out", tmp_path)
+    assert res.returncode == 2 and res.stderr.startswith("error: no results at") and res.stderr.count("\n") == 1
