@@ -12,10 +12,34 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from shared import paths
 from shared.errors import WorkbookError
 from shared.files import atomic_path
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What every tokenizer in the book offers, so `tok: Tokenizer` can be annotated across chapters
+    (CharTokenizer, ByteTokenizer and BPETokenizer here; chapter 01's BPE has the same shape)."""
+
+    kind: str
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids) -> str: ...
+
+    def encode_iterable(self, lines: Iterable[str]) -> Iterator[int]: ...
+
+    def token_str(self, i: int) -> str: ...
+
+    def fingerprint(self) -> str: ...
+
+    def save(self, path: Path) -> None: ...
 
 
 class CharTokenizer:

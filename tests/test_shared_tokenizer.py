@@ -107,3 +107,13 @@ def test_bpe_stream_refuses_a_pipeline_it_cannot_cut_safely(tokenizers):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)  # a space at every chunk start
     with pytest.raises(WorkbookError, match="use encode"):
         next(BPETokenizer(tok).encode_iterable(["Pooh\n", "Owl\n"]))
+
+
+def test_every_tokenizer_satisfies_the_protocol():
+    from shared.tokenizer import BPETokenizer, ByteTokenizer, CharTokenizer, Tokenizer
+
+    text = "Pooh went to the river. Piglet went home.\n" * 40
+    for tok in (CharTokenizer.from_text(text), ByteTokenizer(), BPETokenizer.train(text, 300)):
+        assert isinstance(tok, Tokenizer), type(tok).__name__
+        assert tok.decode(tok.encode("Pooh went home.\n")) == "Pooh went home.\n"
+    assert not isinstance(object(), Tokenizer)
