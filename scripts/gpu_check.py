@@ -107,8 +107,9 @@ def plain(obj):
 
 
 def load_chapter(chapter: str, module: str = "main"):
-    """A chapter's module, imported by path the way the tests do (shared.testing)."""
-    from shared.testing import load_chapter_module
+    """A chapter's module, imported by path the way the tests do (tests/workbook_testing.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from workbook_testing import load_chapter_module
 
     return load_chapter_module(chapter, module)
 

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from shared.model import GPT, GPTConfig
-from shared.testing import load_chapter_module
 from shared.tokenizer import CharTokenizer
+
+from workbook_testing import load_chapter_module
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 m = load_chapter_module("05_sampling", "main")

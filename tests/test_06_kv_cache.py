@@ -11,7 +11,8 @@ import torch
 
 from shared.errors import WorkbookError
 from shared.model import GPT, GPTConfig, KVCache
-from shared.testing import load_chapter_module, results_of, run_quick, run_script
+
+from workbook_testing import load_chapter_module, results_of, run_quick, run_script
 
 CHAPTER = "06_kv_cache"
 kc = load_chapter_module(CHAPTER, "kvcache")

@@ -9,7 +9,8 @@ from torch import nn
 from torch.autograd import gradcheck
 
 from shared.model import GPT, GPTConfig
-from shared.testing import load_chapter_module, results_of, run_quick, run_script
+
+from workbook_testing import load_chapter_module, results_of, run_quick, run_script
 
 CH = "10_norms_and_activations"
 bh = load_chapter_module(CH, "by_hand")

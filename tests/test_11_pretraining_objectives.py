@@ -7,7 +7,8 @@ import torch
 
 from shared.corpus import HundredAcreWood
 from shared.model import GPT, GPTConfig
-from shared.testing import load_chapter_module, results_of, run_quick, run_script
+
+from workbook_testing import load_chapter_module, results_of, run_quick, run_script
 
 CH = "11_pretraining_objectives"
 obj = load_chapter_module(CH, "objectives")

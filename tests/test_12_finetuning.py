@@ -12,7 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from shared.model import GPT, GPTConfig
-from shared.testing import load_chapter_module, run_script
+
+from workbook_testing import load_chapter_module, run_script
 
 CHAPTER = "12_finetuning"
 m = load_chapter_module(CHAPTER, "main")

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from shared import stacks
-from shared.testing import load_chapter_module, run_script
+
+from workbook_testing import load_chapter_module, run_script
 
 CH = "13_scaling"
 sl = load_chapter_module(CH, "scaling_law")

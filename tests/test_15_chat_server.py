@@ -24,8 +24,9 @@ import torch
 from shared import paths
 from shared.errors import WorkbookError
 from shared.model import GPT, GPTConfig
-from shared.testing import load_chapter_module
 from shared.tokenizer import CharTokenizer
+
+from workbook_testing import load_chapter_module
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 chat = load_chapter_module("15_stacks", "chat")

@@ -1,8 +1,9 @@
-"""shared.testing.load_chapter_module keeps chapters' same-named helper modules apart."""
+"""workbook_testing.load_chapter_module keeps chapters' same-named helper modules apart."""
 from pathlib import Path
 
 from shared import paths
-from shared.testing import load_chapter_module
+
+from workbook_testing import load_chapter_module
 
 
 def test_namesake_helpers_of_two_chapters_do_not_mix():
