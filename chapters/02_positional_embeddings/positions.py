@@ -8,8 +8,9 @@ not care where the two tokens sit. Each scheme below is one way of putting "wher
     RoPE         rotate queries and keys by an angle proportional to their position
     ALiBi        subtract slope * distance from the attention scores
 
-`main.py` checks every function here against `shared.model` (the versions the rest of the
-workbook trains with). Everything is plain PyTorch and meant to be read.
+`position_checks.py` checks every function here against `shared.model` (the versions the rest
+of the workbook trains with); `length_extrapolation.py` trains with them and measures what
+happens past the training length. Everything is plain PyTorch and meant to be read.
 """
 from __future__ import annotations
 
@@ -91,6 +92,26 @@ def rope_interleaved(x: torch.Tensor, positions: torch.Tensor, theta: float = 10
     angle = (positions.float()[:, None] * rope_frequencies(x.shape[-1], theta)[None, :]).double()  # (T, d/2)
     rotated = torch.view_as_real(z * torch.polar(torch.ones_like(angle), angle))
     return rearrange(rotated, "... i two -> ... (i two)").to(x.dtype)
+
+
+def rope_plane_view(q: torch.Tensor, k: torch.Tensor, pair: int, distance: int, key_positions: list[int],
+                    theta: float = 10000.0) -> list[dict]:
+    """RoPE seen in ONE rotation plane: the key at position n and the query at n + distance, both
+    rotated by `rope`, projected onto dimension pair `pair` (dims pair and pair + head_dim/2).
+
+    Both arrows turn by the same angle per step of n, so the angle between them -- and their dot
+    product, in this plane and over the whole head -- stays the same: it depends on `distance` only."""
+    half = q.shape[-1] // 2
+    out = []
+    for n in key_positions:
+        qr = rope(q[None], torch.tensor([n + distance]), theta)[0]
+        kr = rope(k[None], torch.tensor([n]), theta)[0]
+        q2, k2 = qr[[pair, pair + half]], kr[[pair, pair + half]]
+        cos = (q2 @ k2) / (q2.norm() * k2.norm())
+        out.append({"key_position": n, "query_position": n + distance, "q": q2.tolist(), "k": k2.tolist(),
+                    "angle_deg": math.degrees(math.acos(float(cos.clamp(-1, 1)))),
+                    "dot_in_plane": float(q2 @ k2), "dot_whole_head": float(qr @ kr)})
+    return out
 
 
 def interleaved_to_half(x: torch.Tensor) -> torch.Tensor:
