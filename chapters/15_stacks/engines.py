@@ -183,18 +183,77 @@ class LlamaCppEngine(Engine):
 
 
 # ============================================================================ vLLM (GPU)
+def vllm_reported_ttft(metrics) -> float | None:
+    """vLLM's own time to first token for one request, from `RequestOutput.metrics`; None if absent.
+
+    In the pinned vLLM (0.32, the V1 engine) `metrics` is a `RequestStateStats`, or None whenever the
+    engine does not log stats (the offline `LLM` class turns them off by default). Its times come from
+    two clocks: `arrival_time` is the frontend's wall clock (time.time()), while `queued_ts`,
+    `scheduled_ts`, `first_token_ts` and `last_token_ts` are the engine core's monotonic clock. A
+    latency must stay within one clock: `first_token_latency` (vLLM subtracts two wall-clock times),
+    else first_token_ts - queued_ts (two monotonic ones). Never first_token_ts - arrival_time. There is
+    no `first_token_time` field: that was V0's `RequestMetrics`, and reading it gives nothing."""
+    if metrics is None:
+        return None
+    if metrics.first_token_latency > 0:
+        return metrics.first_token_latency
+    if metrics.first_token_ts > 0 and metrics.queued_ts > 0:
+        return metrics.first_token_ts - metrics.queued_ts
+    return None
+
+
+@dataclass
+class StepTiming:
+    first_token_s: list[float]   # per request: clock start -> end of the first step that returned a token for it
+    total_s: float               # clock start -> every request finished
+    outputs: list                # the final RequestOutput of each request, in prompt order
+
+
+def stream_requests(engine, prompts: list[list[int]], params, clock=time.perf_counter) -> StepTiming:
+    """Feed every prompt to a vLLM `LLMEngine` and call `step()` until all requests finish, timing
+    each request on one monotonic clock (ours): the clock starts just before the first
+    `add_request`; a request's first token exists at the end of the first `step()` whose output for it
+    holds a token id. `step()` runs one scheduler iteration (prefill or decode for the whole running
+    batch) and returns the requests that made progress, so this is the streaming view a server has."""
+    names = [f"r{i}" for i in range(len(prompts))]
+    t0 = clock()
+    for name, ids in zip(names, prompts):
+        engine.add_request(name, {"prompt_token_ids": ids}, params)
+    first, final = {}, {}
+    while engine.has_unfinished_requests():
+        outputs = engine.step()
+        now = clock()
+        for out in outputs:
+            if out.request_id not in first and len(out.outputs[0].token_ids) > 0:
+                first[out.request_id] = now - t0
+            if out.finished:
+                final[out.request_id] = out
+    total = clock() - t0
+    lost = [n for n in names if n not in first or n not in final]
+    if lost:
+        raise RuntimeError(f"vLLM finished without a token or a final output for requests {lost}")
+    return StepTiming([first[n] for n in names], total, [final[n] for n in names])
+
+
 class VLLMEngine(Engine):
-    """vLLM's offline LLM on the exported HF folder, fed token ids (the workbook models have
-    no HF tokenizer). vLLM owns the batching (continuous batching, paged KV cache), so one
-    call takes the whole batch; time to first token comes from its per-request metrics."""
+    """vLLM's `LLMEngine` on the exported HF folder, fed token ids (the workbook models have no HF
+    tokenizer). vLLM owns the batching (continuous batching, paged KV cache): the whole batch goes in
+    as separate requests and its scheduler decides what runs together. Timed with a step loop
+    (`stream_requests`) because the offline `LLM.generate` returns only when everything is done.
+    Written against the pinned vLLM 0.32 API and tested on recorded shapes only: it has never run on a
+    GPU (none has been lent to this project yet)."""
 
     name = "vllm"
 
     def __init__(self, folder: Path, max_len: int):
-        from vllm import LLM
+        from vllm import EngineArgs, LLMEngine
 
-        self.llm = LLM(model=str(folder), skip_tokenizer_init=True, dtype="float32", max_model_len=max_len,
-                       gpu_memory_utilization=0.5, enforce_eager=True, seed=0)
+        args = EngineArgs(model=str(folder), skip_tokenizer_init=True, dtype="float32", max_model_len=max_len,
+                          gpu_memory_utilization=0.5, enforce_eager=True, seed=0,
+                          enable_prefix_caching=False,   # a repeated prompt must not skip its prefill
+                          disable_log_stats=False)       # so RequestOutput.metrics is filled (a cross-check)
+        self.engine = LLMEngine.from_engine_args(args)
+        self.reported_ttft_s: list[float | None] = []   # vLLM's own view, per generate() call
 
     def logits(self, ids):
         raise NotImplementedError("vLLM returns log-probs of sampled tokens, not full logits")
@@ -202,10 +261,16 @@ class VLLMEngine(Engine):
     def generate(self, prompt, n_new):
         from vllm import SamplingParams
 
-        params = SamplingParams(temperature=0.0, max_tokens=n_new, min_tokens=n_new, ignore_eos=True)
-        t0 = time.perf_counter()
-        outs = self.llm.generate([{"prompt_token_ids": row.tolist()} for row in prompt], params, use_tqdm=False)
-        total = time.perf_counter() - t0
-        m = outs[0].metrics
-        ttft = (m.first_token_time - m.arrival_time) if m and getattr(m, "first_token_time", None) else float("nan")
-        return Generation(torch.tensor([list(o.outputs[0].token_ids) for o in outs]), ttft, total)
+        params = SamplingParams(temperature=0.0, max_tokens=n_new, min_tokens=n_new, ignore_eos=True,
+                                detokenize=False)
+        timing = stream_requests(self.engine, [row.tolist() for row in prompt], params)
+        reported = [vllm_reported_ttft(out.metrics) for out in timing.outputs]
+        self.reported_ttft_s.append(max(reported) if None not in reported else None)
+        tokens = torch.tensor([list(out.outputs[0].token_ids) for out in timing.outputs])
+        # every sequence of the batch has its first token: the same moment PyTorchEngine measures
+        return Generation(tokens, max(timing.first_token_s), timing.total_s)
+
+    def close(self):
+        del self.engine
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
