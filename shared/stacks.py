@@ -35,7 +35,6 @@ STACKS: dict[str, Stack] = {
     "deepspeed": Stack("deepspeed", False, "uv sync   (deepspeed is a base dependency)"),
     "bitsandbytes": Stack("bitsandbytes", False, "uv sync   (bitsandbytes is a base dependency)"),
     "llama-cpp": Stack("llama_cpp", False, "uv sync --extra llama   (builds llama.cpp from source, ~5 min on 2 cores)"),
-    "exllamav2": Stack("exllamav2", True, "uv pip install exllamav2   (CUDA GPU only)"),
     "autoawq": Stack("awq", True, "uv pip install autoawq   (CUDA GPU only)"),
     "tensorboard": Stack("tensorboard", False, "uv sync --extra tensorboard"),
 }
