@@ -23,6 +23,7 @@ from shared.errors import WorkbookError
 from shared.model import GPT, GPTConfig, KVCache
 
 REMOVALS = ("keep", "identity", "zeros")
+NOISE_SCALES = ("whole", "varying")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Breaks:
     noise_q: float = 0.0       # add Gaussian noise of this many standard deviations (of the tensor itself)
     noise_k: float = 0.0
     noise_v: float = 0.0
+    noise_of: str = "whole"    # whole: std of the whole tensor | varying: std around each feature's mean over tokens
     q: str = "keep"            # keep | identity (q = the normed input itself) | zeros
     k: str = "keep"
     v: str = "keep"
@@ -43,6 +45,8 @@ class Breaks:
         for name in ("q", "k", "v"):
             if getattr(self, name) not in REMOVALS:
                 raise WorkbookError(f"Breaks.{name}={getattr(self, name)!r}; choose one of {', '.join(REMOVALS)}")
+        if self.noise_of not in NOISE_SCALES:
+            raise WorkbookError(f"Breaks.noise_of={self.noise_of!r}; choose one of {', '.join(NOISE_SCALES)}")
         for name in ("noise_q", "noise_k", "noise_v"):
             if getattr(self, name) < 0:
                 raise WorkbookError(f"Breaks.{name} must be >= 0, got {getattr(self, name)}")
@@ -114,7 +118,7 @@ class CausalSelfAttention(nn.Module):
         self.weights = None
 
     def forward(self, x, cache: KVCache | None = None, pos0: int = 0):
-        q, k, v = self.project(x, self.q_proj, "q"), self.project(x, self.k_proj, "k"), self.project(x, self.v_proj, "v")
+        q, k, v = (self.project(x, getattr(self, f"{n}_proj"), n) for n in ("q", "k", "v"))
         if self.breaks.swap_qk:
             q, k = k, q
         q, k, v = (rearrange(z, "b t (h d) -> b h t d", h=self.n_head) for z in (q, k, v))
@@ -131,7 +135,7 @@ class CausalSelfAttention(nn.Module):
         z = x if mode == "identity" else linear(x)
         if noise:
             eps = torch.randn(z.shape, generator=self.noise_gen, dtype=z.dtype).to(z.device)
-            z = z + noise * z.detach().std() * eps
+            z = z + noise * noise_unit(z.detach(), self.breaks.noise_of) * eps
         return z
 
     def attend(self, q, k, v, pos0: int):
@@ -149,6 +153,15 @@ class CausalSelfAttention(nn.Module):
         return weights @ v
 
 
+def noise_unit(z: torch.Tensor, of: str = "whole") -> torch.Tensor:
+    """The size one unit of noise has: the std of the whole tensor, or ("varying") the RMS of each
+    feature's std over the tokens, which leaves out a mean vector that every token shares."""
+    if of == "whole":
+        return z.std()
+    flat = z.reshape(-1, z.shape[-1])
+    return flat.var(dim=0).mean().sqrt()
+
+
 class TransformerBlock(nn.Module):
     """Pre-norm block: x + attn(norm(x)), then x + ffn(norm(x)).
 
@@ -162,8 +175,13 @@ class TransformerBlock(nn.Module):
         self.mlp_norm = LayerNorm(cfg.d_model, cfg.norm_eps, cfg.bias)
         self.mlp = FeedForward(cfg)
         self.residual = True
+        self.skipped = False  # "remove this layer": the block passes the stream through untouched
 
     def forward(self, x, cache: KVCache | None = None, pos0: int = 0):
+        if self.skipped:
+            if cache is not None:  # keep the cache's bookkeeping: this layer stores nothing useful
+                self.attn(self.attn_norm(x), cache=cache, pos0=pos0)
+            return x
         a = self.attn(self.attn_norm(x), cache=cache, pos0=pos0)
         x = x + a if self.residual else a
         m = self.mlp(self.mlp_norm(x))
@@ -208,6 +226,22 @@ class MiniFormer(GPT):
             if isinstance(m, LayerNorm):
                 m.bypass = not breaks.layernorm
         return self
+
+    def skip_layers(self, layers=()) -> MiniFormer:
+        """Remove the blocks numbered in `layers` (an empty tuple puts them all back)."""
+        for i, block in enumerate(self.blocks):
+            block.skipped = i in set(layers)
+        return self
+
+    @torch.no_grad()
+    def residual_stream(self, idx: torch.Tensor) -> list[torch.Tensor]:
+        """The stream after the embedding and after each block: n_layer + 1 tensors (B, T, C)."""
+        x = self.tok_emb(idx) + self.pos_emb(torch.arange(idx.shape[1], device=idx.device))
+        streams = [x]
+        for block in self.blocks:
+            x = block(x)
+            streams.append(x)
+        return streams
 
     @classmethod
     def from_gpt(cls, gpt: GPT) -> MiniFormer:

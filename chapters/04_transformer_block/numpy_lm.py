@@ -1,12 +1,13 @@
 """04b · A transformer language model in NumPy alone: every forward and backward by hand.
 
-    cfg = NumpyLMConfig(vocab_size=40)
+    cfg = NumpyLMConfig(vocab_size=40, tie_weights=True)     # the head reuses the token embedding
     params = init_params(cfg, np.random.default_rng(0))
     loss, grads = loss_and_grads(params, cfg, x, y)          # x, y: (B, T) int arrays
-    opt = AdamW(params, lr=3e-3); opt.step(grads)
 
     add_lora(params, cfg, rng)                                # low-rank A, B on q/k/v/o
-    opt = AdamW(params, lr=1e-2, trainable=lora_names(params))  # the base stays frozen
+    loss, grads = loss_and_grads(params, cfg, x, y, trainable=lora_names(params))  # the base stays frozen
+
+Training (AdamW, warm-up + cosine, clipping, sampling, save/load) is in numpy_train.py.
 
 Each layer is a pair of functions: `*_forward(...) -> (out, cache)` keeps what the
 backward pass will need; `*_backward(dout, cache) -> grads` applies the chain rule to
@@ -35,6 +36,7 @@ class NumpyLMConfig:
     lora_alpha: float = 8.0     # LoRA output is scaled by alpha / rank
     dtype: str = "float64"
     eps: float = 1e-5           # LayerNorm
+    tie_weights: bool = False   # True: the output head is the token embedding (logits = x E^T), one matrix fewer
 
     @property
     def d_ff(self) -> int:
@@ -72,8 +74,22 @@ def init_params(cfg: NumpyLMConfig, rng: np.random.Generator) -> dict[str, np.nd
         p[h + "mlp.up.w"], p[h + "mlp.up.b"] = normal(f, d), np.zeros(f, dt)
         p[h + "mlp.down.w"], p[h + "mlp.down.b"] = normal(d, f, std=resid_std), np.zeros(d, dt)
     p["ln_f.g"], p["ln_f.b"] = np.ones(d, dt), np.zeros(d, dt)
-    p["head.w"] = normal(cfg.vocab_size, d)
+    if not cfg.tie_weights:
+        p["head.w"] = normal(cfg.vocab_size, d)
     return p
+
+
+def parameter_count(cfg: NumpyLMConfig) -> int:
+    """What init_params allocates, counted without allocating (so d = 4096 costs nothing)."""
+    d, f, v = cfg.d_model, cfg.d_ff, cfg.vocab_size
+    per_layer = 4 * d + 4 * (d * d + d) + (f * d + f) + (d * f + d)   # 2 norms, q/k/v/o, up, down
+    head = 0 if cfg.tie_weights else v * d
+    return v * d + cfg.block_size * d + cfg.n_layer * per_layer + 2 * d + head
+
+
+def lora_parameter_count(cfg: NumpyLMConfig) -> int:
+    """A (r x d) and B (d x r) on each of the four attention projections of every layer."""
+    return cfg.n_layer * len(PROJECTIONS) * 2 * cfg.lora_rank * cfg.d_model
 
 
 def add_lora(params: dict, cfg: NumpyLMConfig, rng: np.random.Generator, b_std: float = 0.0) -> dict:
@@ -222,10 +238,12 @@ def attention_forward(x, p, prefix, cfg):
     scale = cfg.lora_alpha / cfg.lora_rank if cfg.lora_rank else 1.0
     caches, heads = {}, {}
     for name in ("q", "k", "v"):
-        y, caches[name] = linear_forward(x, p[f"{prefix}{name}.w"], p[f"{prefix}{name}.b"], _lora(p, prefix + name), scale)
+        y, caches[name] = linear_forward(x, p[f"{prefix}{name}.w"], p[f"{prefix}{name}.b"], _lora(p, prefix + name),
+                                         scale)
         heads[name] = split_heads(y, cfg.n_head)
     y, caches["core"] = attention_core_forward(heads["q"], heads["k"], heads["v"])
-    out, caches["o"] = linear_forward(merge_heads(y), p[prefix + "o.w"], p[prefix + "o.b"], _lora(p, prefix + "o"), scale)
+    out, caches["o"] = linear_forward(merge_heads(y), p[prefix + "o.w"], p[prefix + "o.b"], _lora(p, prefix + "o"),
+                                      scale)
     return out, caches
 
 
@@ -250,12 +268,20 @@ def _wants(trainable, key):
     return trainable is None or key + ".w" in trainable
 
 
+def log_softmax(z, axis=-1):
+    """z - logsumexp(z), computed without ever forming a probability: log(softmax(z)) underflows
+    to log(0) = -inf once a logit trails the max by ~100 (float32) or ~750 (float64)."""
+    z = z - z.max(axis=axis, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
+
+
 def cross_entropy_forward(logits, targets):
-    """Mean -log softmax(logits)[target] over all positions."""
-    probs = softmax(logits)
+    """Mean -log softmax(logits)[target] over all positions, via log-sum-exp (finite for any
+    finite logits, however large)."""
+    logp = log_softmax(logits)
     n = targets.size
-    picked = probs.reshape(-1, probs.shape[-1])[np.arange(n), targets.reshape(-1)]
-    return float(-np.log(picked).mean()), (probs, targets)
+    picked = logp.reshape(-1, logp.shape[-1])[np.arange(n), targets.reshape(-1)]
+    return float(-picked.mean()), (np.exp(logp), targets)
 
 
 def cross_entropy_backward(cache):
@@ -287,8 +313,13 @@ def forward(params, cfg, ids):
         x = x + m                                   # residual
         caches["layers"].append(lc)
     xf, caches["ln_f"] = layernorm_forward(x, params["ln_f.g"], params["ln_f.b"], cfg.eps)
-    logits, caches["head"] = linear_forward(xf, params["head.w"], 0.0)
+    logits, caches["head"] = linear_forward(xf, head_weight(params, cfg), 0.0)
     return logits, caches
+
+
+def head_weight(params, cfg):
+    """The output matrix: its own, or (tied) the token embedding read backwards."""
+    return params["tok_emb"] if cfg.tie_weights else params["head.w"]
 
 
 def backward(dlogits, caches, params, cfg, trainable=None):
@@ -296,9 +327,9 @@ def backward(dlogits, caches, params, cfg, trainable=None):
     backward pass still has to travel through frozen layers to reach the adapters)."""
     grads = {}
     want = (lambda k: True) if trainable is None else (lambda k: k in trainable)
-    dxf, g = linear_backward(dlogits, caches["head"], want("head.w"))
-    if "w" in g:
-        grads["head.w"] = g["w"]
+    head = "tok_emb" if cfg.tie_weights else "head.w"
+    dxf, g = linear_backward(dlogits, caches["head"], want(head))
+    head_grad = g.get("w")
     dx, grads["ln_f.g"], grads["ln_f.b"] = layernorm_backward(dxf, caches["ln_f"])
     for i in reversed(range(cfg.n_layer)):
         h, lc = f"h{i}.", caches["layers"][i]
@@ -316,6 +347,8 @@ def backward(dlogits, caches, params, cfg, trainable=None):
     grads["pos_emb"] = np.zeros_like(params["pos_emb"])
     grads["pos_emb"][: caches["t"]] = dx.sum(axis=0)
     grads["tok_emb"] = embedding_backward(dx, caches["tok"])
+    if head_grad is not None:   # tied: the one matrix gets the gradient of both of its uses
+        grads[head] = grads[head] + head_grad if cfg.tie_weights else head_grad
     return grads if trainable is None else {k: v for k, v in grads.items() if k in trainable}
 
 
@@ -327,47 +360,3 @@ def loss_and_grads(params, cfg, x, y, trainable=None):
 
 def loss_only(params, cfg, x, y) -> float:
     return cross_entropy_forward(forward(params, cfg, x)[0], y)[0]
-
-
-# ----------------------------------------------------------------------------- optimizer
-class AdamW:
-    """Adam with decoupled weight decay (Loshchilov & Hutter 2019), step for step what
-    torch.optim.AdamW does: decay the weight, update both moments, bias-correct, step.
-    Weight decay applies to matrices only (not gains, biases), as shared.train does."""
-
-    def __init__(self, params: dict, lr=3e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, trainable=None):
-        self.params, self.lr, self.betas, self.eps, self.wd = params, lr, betas, eps, weight_decay
-        self.trainable = list(trainable) if trainable is not None else list(params)
-        self.m = {k: np.zeros_like(params[k]) for k in self.trainable}   # optimizer memory exists
-        self.v = {k: np.zeros_like(params[k]) for k in self.trainable}   # only for what trains
-        self.t = 0
-
-    def step(self, grads: dict) -> None:
-        self.t += 1
-        b1, b2 = self.betas
-        bc1, bc2 = 1 - b1**self.t, 1 - b2**self.t
-        for k in self.trainable:
-            p, g = self.params[k], grads[k]
-            if p.ndim >= 2 and self.wd:
-                p *= 1 - self.lr * self.wd
-            self.m[k] = b1 * self.m[k] + (1 - b1) * g
-            self.v[k] = b2 * self.v[k] + (1 - b2) * g * g
-            denom = np.sqrt(self.v[k]) / math.sqrt(bc2) + self.eps
-            p -= (self.lr / bc1) * self.m[k] / denom
-
-
-# ----------------------------------------------------------------------------- data + sampling
-def get_batch(tokens: np.ndarray, batch_size: int, seq_len: int, rng: np.random.Generator):
-    ix = rng.integers(0, len(tokens) - seq_len - 1, size=batch_size)
-    x = np.stack([tokens[i:i + seq_len] for i in ix]).astype(np.int64)
-    y = np.stack([tokens[i + 1:i + seq_len + 1] for i in ix]).astype(np.int64)
-    return x, y
-
-
-def generate(params, cfg, prompt: list[int], n_new: int, rng: np.random.Generator, temperature: float = 1.0) -> list[int]:
-    ids = list(prompt)
-    for _ in range(n_new):
-        ctx = np.array([ids[-cfg.block_size:]])
-        logits = forward(params, cfg, ctx)[0][0, -1].astype(np.float64) / temperature
-        ids.append(int(rng.choice(len(logits), p=softmax(logits))))
-    return ids

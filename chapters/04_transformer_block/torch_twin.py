@@ -51,7 +51,7 @@ class TorchTwin(torch.nn.Module):
             m = F.layer_norm(x, (cfg.d_model,), self[h + "ln2.g"], self[h + "ln2.b"], cfg.eps)
             x = x + self.linear(F.gelu(self.linear(m, h + "mlp.up"), approximate="tanh"), h + "mlp.down")
         x = F.layer_norm(x, (cfg.d_model,), self["ln_f.g"], self["ln_f.b"], cfg.eps)
-        logits = F.linear(x, self["head.w"])
+        logits = F.linear(x, self["tok_emb"] if cfg.tie_weights else self["head.w"])  # tied: one tensor, two uses
         if targets is None:
             return logits
         return logits, F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))

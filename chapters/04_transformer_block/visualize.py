@@ -1,175 +1,216 @@
-"""Redraw chapter 04's plots from its results JSON (never retrains).
+"""Redraw chapter 04's figures from its saved results (never retrains).
 
-    uv run chapters/04_transformer_block/visualize.py            # from visualizations/results/
-    uv run chapters/04_transformer_block/visualize.py --quick    # from the quick run's results
+    uv run chapters/04_transformer_block/visualize.py [--quick|--full]
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 
-from shared import cli, plotting
-from shared.results import load_json
+from shared import cli, diagrams, plotting
 
-plt = plotting.plt
-
-
-def trailing_mean(values, window: int = 10) -> np.ndarray:
-    """Mean of the last `window` values at each step (no look-ahead, honest at the start)."""
-    v = np.asarray(values, dtype=float)
-    return np.array([v[max(0, i - window + 1):i + 1].mean() for i in range(len(v))])
+CUT = diagrams.HIGHLIGHT
 
 
-def draw_floor(r: dict, out: Path):
-    curve, t = r["floor_curve"], r["train"]
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.4))
-    ax.plot(t["step"], t["train_loss"], color="0.75", lw=0.8, label="train loss (one batch)")
-    ax.plot(t["step"], trailing_mean(t["train_loss"]), color="C0", lw=1.5, label="train loss (10-step mean)")
-    steps = [c["step"] for c in curve]
-    ax.plot(steps, [c["model"] for c in curve], "o-", color="C1", ms=4, label="story loss (whole val stories)")
-    ax.plot(steps, [c["floor"] for c in curve], ":", color="C2", label="exact floor on those stories")
-    plotting.entropy_floor(ax, r["entropy_floor_nats_per_char"], "entropy rate of the corpus")
-    ax.set(yscale="log", xlabel="optimizer step", ylabel="nats / char (log scale)",
-           title=f"MiniFormer, {r['params'] / 1e6:.2f}M params, learning the Hundred Acre Wood")
-    ax.legend(fontsize=8, loc="upper right")
-
-    secs = [c["train_seconds"] for c in curve[1:]]
-    ax2.plot(secs, [c["gap"] for c in curve[1:]], "o-", color="C1", ms=4, label="story loss - exact floor")
-    ax2.axhline(0.05, ls="--", color="C3", lw=1.2)
-    ax2.annotate("target: 0.05 nats/char", xy=(1, 0.05), xycoords=("axes fraction", "data"), xytext=(-4, 4),
-                 textcoords="offset points", ha="right", fontsize=8, color="C3")
-    ax2.set(yscale="log", xlabel="training seconds (evaluation time excluded)", ylabel="gap to the floor (nats/char)",
-            title="Distance to the floor on the same stories")
-    ax2.legend(fontsize=8)
-    fig.tight_layout()
-    plotting.save_fig(fig, out, "loss_vs_floor")
-
-
-def draw_samples(r: dict, out: Path):
-    s = r["samples"]
-    fig, (ax, tx) = plt.subplots(2, 1, figsize=(9, 3.6 + 0.2 * len(s)), gridspec_kw={"height_ratios": [3, 0.3 * len(s)]})
-    steps = [x["step"] for x in s]
-    ax.plot(steps, [100 * x["sentence_validity"] for x in s], "o-", label="sentences the grammar can produce")
-    ax.plot(steps, [100 * x["story_validity"] for x in s], "s-", label="complete stories consistent end to end")
-    ax.set(xlabel="optimizer step", ylabel="% of generated", ylim=(-3, 103),
-           title="Are the samples Hundred Acre Wood? (temperature 1)")
-    ax.legend(fontsize=8, loc="upper left")
-    # what the model actually wrote at each checkpoint: the first line of its first sample
-    tx.axis("off")
-    lines = [f"step {x['step']:>5}: {x['sample'].split(chr(10))[0][:95]}" for x in s]
-    tx.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", fontsize=7.5, family="monospace",
-            color="0.25", transform=tx.transAxes)
-    fig.tight_layout()
-    plotting.save_fig(fig, out, "samples_validity")
-
-
-def draw_breaks(r: dict, out: Path):
-    rows = r["breaks"]
-    intact = rows[0]["story_loss"]
-    fig, ax = plt.subplots(figsize=(10, 5.2))
-    names = [b["break"] for b in rows][::-1]
-    losses = [b["story_loss"] for b in rows][::-1]
-    valid = [b["sentence_validity"] for b in rows][::-1]
-    colors = plt.cm.RdYlGn(np.array(valid) * 0.85 + 0.1)
-    ax.barh(names, losses, color=colors, edgecolor="0.3", lw=0.5)
-    for i, (loss, v) in enumerate(zip(losses, valid)):
-        ax.text(loss * 1.04, i, f"{loss:.2f}   ({v:.0%} valid sentences)", va="center", fontsize=8)
-    ax.axvline(rows[0]["floor"], ls="--", color="black", lw=1)
-    ax.text(rows[0]["floor"], len(rows) - 0.4, " exact floor", fontsize=8, va="bottom")
-    ax.axvline(intact, ls=":", color="C0", lw=1)
-    if "vocab_size" in r:  # a model that knows nothing: the same probability for every character
-        uniform = float(np.log(r["vocab_size"]))
-        ax.axvline(uniform, ls="-.", color="0.5", lw=1)
-        ax.text(uniform, len(rows) - 0.4, f" uniform guess (ln {r['vocab_size']})", fontsize=8, va="bottom", color="0.4")
-    ax.set(xscale="log", xlim=(rows[0]["floor"] * 0.8, max(losses) * 4),
-           xlabel="story loss, nats/char (log scale; bar colour = share of valid sentences sampled)",
-           title="Break one part of every block of the trained MiniFormer")
-    fig.tight_layout()
-    plotting.save_fig(fig, out, "break_it")
-
-
-def draw_noise(r: dict, out: Path):
-    sweep, intact = r["noise_sweep"], r["breaks"][0]
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for i, which in enumerate(("Q", "K", "V")):
-        pts = [s for s in sweep if s["tensor"] == which]
-        ax.plot([p["noise"] for p in pts], [p["story_loss"] for p in pts], "o-", color=f"C{i}", label=f"noise on {which}")
-    ax.axhline(intact["story_loss"], ls=":", color="0.4")
-    ax.annotate("intact", xy=(0, intact["story_loss"]), xycoords=("axes fraction", "data"), xytext=(4, 4),
-                textcoords="offset points", fontsize=8, color="0.4")
-    plotting.entropy_floor(ax, intact["floor"], "exact floor")
-    levels = sorted({p["noise"] for p in sweep})
-    ax.set(xscale="log", yscale="log", xlabel="noise std, in units of the tensor's own std",
-           ylabel="story loss (nats/char)", title="How much noise can Q, K and V take?")
-    ax.set_xticks(levels, [f"{v:g}" for v in levels])
-    ax.xaxis.set_minor_formatter(plt.NullFormatter())
-    ax.legend(fontsize=8)
-    plotting.save_fig(fig, out, "noise_sweep")
-
-
-def draw_scratch(r: dict, out: Path):
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for i, s in enumerate(r["scratch"]):
-        steps = np.arange(1, len(s["train_loss"]) + 1)
-        ax.plot(steps, trailing_mean(s["train_loss"], 5), color=f"C{i}",
-                label=f"{s['break']}: story loss {s['story_loss']:.2f}")
-    plotting.entropy_floor(ax, r["entropy_floor_nats_per_char"])
-    c = r["scratch_config"]
-    ax.set(yscale="log", xlabel="optimizer step", ylabel="train loss, 5-step mean (nats/char)",
-           title=f"Trained from scratch with the break ({c['n_layer']} layers, d={c['d_model']})")
-    ax.legend(fontsize=8)
-    plotting.save_fig(fig, out, "from_scratch")
-
-
-def draw_numpy(r: dict, out: Path):
-    n = r["numpy"]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    ax = axes[0]
-    pre = n["pretrain"]
-    ax.plot(np.arange(1, len(pre["train"]) + 1), trailing_mean(pre["train"]), color="C0", label="train (10-step mean)")
-    ax.plot(pre["step"], pre["val"], "o-", color="C1", ms=4, label="validation")
-    plotting.entropy_floor(ax, n["floor_at_context"], f"floor with {n['config']['block_size']} chars of context")
-    ax.set(yscale="log", xlabel="step", ylabel="nats/char",
-           title=f"NumPy-only LM ({n['params']:,} params)")
-    ax.legend(fontsize=8)
-
-    ax = axes[1]
-    diffs = np.maximum(np.array(n["twin"]["loss_abs_diff"]), 1e-18)  # exact zeros would vanish on a log axis
-    ax.semilogy(np.arange(1, len(diffs) + 1), diffs, "o-", color="C2", label="|loss NumPy - loss PyTorch|")
-    ax.axhline(1e-6, ls="--", color="C3")
-    ax.annotate("tolerance 1e-6", xy=(1, 1e-6), xycoords=("axes fraction", "data"), xytext=(-4, 4),
-                textcoords="offset points", ha="right", fontsize=8, color="C3")
-    ax.set(xlabel="AdamW step (float64, same batches)", ylabel="absolute difference", ylim=(1e-18, 1e-3),
-           title="NumPy vs its PyTorch twin, step by step")
-    ax.legend(fontsize=8, loc="upper left")
-
-    ax = axes[2]
-    lo = n["lora"]
-    ax.plot(lo["step"], lo["val"], "o-", color="C4", ms=4, label="val loss on lowercase text")
-    ax.set(xlabel="LoRA step", ylabel="nats/char",
-           title=f"LoRA r={lo['rank']}: {lo['trainable']:,} trainable, {lo['frozen']:,} frozen")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    plotting.save_fig(fig, out, "numpy_lm")
-
-
-def draw(results_path: Path, plots_dir: Path, animations_dir: Path | None = None) -> list[Path]:
+def draw(r: dict, plots_dir: Path, animations_dir: Path | None = None) -> list[Path]:
     plotting.use_style()
-    r = load_json(results_path)
+    out = [plotting.save_fig(block_diagram(), plots_dir, "block_breaks")]
     if "final" in r:
-        draw_floor(r, plots_dir)
-        draw_samples(r, plots_dir)
-        draw_breaks(r, plots_dir)
-        draw_noise(r, plots_dir)
-        draw_scratch(r, plots_dir)
+        out += [draw_training(r, plots_dir), draw_layers(r, plots_dir), draw_breaks(r, plots_dir),
+                draw_noise(r, plots_dir), draw_scratch(r, plots_dir)]
     if "numpy" in r:
-        draw_numpy(r, plots_dir)
-    return sorted(Path(plots_dir).glob("*.png"))
+        out.append(draw_numpy(r, plots_dir))
+    return out
+
+
+def cut(ax, xy, text, dx=0.0, dy=0.42):
+    """A break-it marker: a red cross where the variant cuts, its name beside it."""
+    ax.plot(*xy, marker="X", ms=13, color=CUT, mec="white", mew=1.2, zorder=6)
+    ax.annotate(text, xy, xytext=(xy[0] + dx, xy[1] + dy), ha="center", va="center", fontsize=diagrams.FONT,
+                color=CUT, zorder=6, arrowprops=dict(arrowstyle="-", color=CUT, lw=0.8))
+
+
+def block_diagram():
+    """One pre-norm block with every break-it variant marked where it cuts."""
+    fig, ax = diagrams.canvas(9.6, 4.6)
+    ys = 0.9
+    add1, add2 = diagrams.plus(ax, (4.9, ys)), diagrams.plus(ax, (8.2, ys))
+    diagrams.arrow(ax, (0.3, ys), add1.left)
+    diagrams.arrow(ax, add1.right, add2.left)
+    diagrams.arrow(ax, add2.right, (9.4, ys))
+    ax.text(0.3, ys - 0.2, "residual stream x (B×T×C)", ha="left", va="top", fontsize=diagrams.FONT)
+    n1 = diagrams.box(ax, (1.0, 2.3), 0.8, 0.5, "Norm")
+    diagrams.arrow(ax, (n1.x, ys), n1.bottom)
+    diagrams.frame(ax, (1.7, 1.5, 4.55, 3.95), "causal self-attention", dashed=False)
+    qkv = {}
+    for letter, y in (("Q", 3.3), ("K", 2.6), ("V", 1.9)):
+        qkv[letter] = diagrams.box(ax, (2.3, y), 0.5, 0.42, letter)
+        diagrams.arrow(ax, n1.right, qkv[letter].left)
+    sc = diagrams.box(ax, (3.5, 3.0), 1.1, 0.55, "softmax(QKᵀ/√d)")
+    mix = diagrams.box(ax, (3.5, 1.95), 1.1, 0.45, "weights · V")
+    diagrams.arrow(ax, qkv["Q"].right, sc.left)
+    diagrams.arrow(ax, qkv["K"].right, (sc.x - sc.w / 2, sc.y - 0.15))
+    diagrams.arrow(ax, qkv["V"].right, mix.left)
+    diagrams.arrow(ax, sc.bottom, mix.top)
+    diagrams.arrow(ax, (mix.x + mix.w / 2, mix.y), add1.top, via=[(add1.x, mix.y)])
+    n2 = diagrams.box(ax, (5.8, 2.3), 0.8, 0.5, "Norm")
+    diagrams.arrow(ax, (n2.x, ys), n2.bottom)
+    ffn = diagrams.box(ax, (7.2, 2.3), 1.3, 0.6, "FFN\n(4·C, GELU)")
+    diagrams.arrow(ax, n2.right, ffn.left)
+    diagrams.arrow(ax, ffn.right, add2.top, via=[(add2.x, ffn.y)])
+    # where each variant cuts
+    cut(ax, (2.62, 2.95), "swap Q↔K", dx=0.5, dy=1.3)
+    cut(ax, (2.05, 3.3), "noise / = x / = 0\non Q, K or V", dx=-1.25, dy=0.55)
+    cut(ax, (3.2, ys), "no residual: x = f(norm(x))", dx=0.0, dy=-0.45)
+    cut(ax, (n2.x, n2.y + 0.25), "no LayerNorm (every Norm)", dx=0.3, dy=0.95)
+    cut(ax, (8.75, ys), "remove this whole block\n(layer by layer)", dx=-0.35, dy=-0.55)
+    ax.text(9.4, 4.4, "one pre-norm block; red crosses = where each break cuts", ha="right", va="top",
+            fontsize=diagrams.FONT + 1, fontweight="bold")
+    return fig
+
+
+def draw_training(r, plots_dir):
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    steps = [c["step"] for c in r["curve"]]
+    a.plot(steps, [c["gap"] for c in r["curve"]], "o-", color=plotting.color("learned"), label="gap to the floor")
+    copy_cost = r["copy_bits_per_story"] * np.log(2) / r["chars_per_story"]
+    a.axhline(copy_cost, color="0.4", ls="--", lw=1)
+    a.annotate("cost of never copying the opening's facts", (0.98, copy_cost), xycoords=("axes fraction", "data"),
+               xytext=(0, 4), textcoords="offset points", ha="right", fontsize=plotting.MIN_FONT_PT, color="0.3")
+    a.set_yscale("log")   # the floor itself is gap 0: off a log axis, so the axis says "above the floor"
+    a.set(xlabel="training step", ylabel="model − exact floor (nats/char, log)", title="Distance to the floor")
+    cs = r["checkpoints"]
+    x = [c["step"] for c in cs]
+    for key, label, col in (("sentence_validity", "valid sentences", "top-k"),
+                            ("recall_all_share", "endings with all 4 facts right", "temperature"),
+                            ("story_validity", "consistent free stories", "top-p")):
+        b.plot(x, [c[key] * 100 for c in cs], "o-", color=plotting.color(col), label=label)
+    plotting.label_lines(b)
+    b.set(xlabel="training step", ylabel="% (samples at temperature 1)", ylim=(-3, 103),
+          title="Does it carry facts to the ending?")
+    fig.tight_layout()
+    return plotting.save_fig(fig, plots_dir, "loss_vs_floor")
+
+
+def draw_layers(r, plots_dir):
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    ro = r["read_out"]
+    ax.plot([x["after_blocks"] for x in ro], [x["nats_per_char"] for x in ro], "o-",
+            color=plotting.color("learned"), label="read out after k blocks")
+    rm = r["removed"]
+    ax.plot([x["removed"] + 1 for x in rm], [x["nats_per_char"] for x in rm], "s--",
+            color=plotting.color("alibi"), label="all blocks but block k")
+    floor = r["final"]["floor_nats_per_char"]
+    ax.axhline(floor, color=plotting.color("floor"), lw=1.5, ls="--")
+    ax.text(0.02, floor, f"exact floor = {floor:.3f}", transform=ax.get_yaxis_transform(), va="top",
+            fontsize=plotting.MIN_FONT_PT)
+    ax.axhline(r["final"]["model_nats_per_char"], color="0.5", lw=1, ls=":")
+    ax.text(0.02, r["final"]["model_nats_per_char"], "the whole model", transform=ax.get_yaxis_transform(),
+            va="bottom", fontsize=plotting.MIN_FONT_PT, color="0.35")
+    ax.set_yscale("log")
+    plotting.log_axis(ax, "y")
+    plotting.label_lines(ax)
+    ax.set_xticks(range(len(ro)))
+    ax.set_xlim(-0.2, len(ro) - 0.2)
+    ax.set(xlabel="block k (0 = the embedding alone)", ylabel="nats/char (held-out stories, log)",
+           title="What each block adds")
+    return plotting.save_fig(fig, plots_dir, "layers")
+
+
+def draw_breaks(r, plots_dir):
+    rows = r["breaks"]
+    fig, ax = plt.subplots(figsize=(9, 4.6))
+    cmap = plt.get_cmap("viridis")
+    vals = [b["story_loss"] for b in rows]
+    bars = ax.bar(range(len(rows)), vals, color=[cmap(b["sentence_validity"]) for b in rows])
+    ax.set_yscale("log")
+    ax.axhline(rows[0]["story_loss"], color=plotting.color("learned"), ls=":", lw=1.5)
+    ax.text(0, rows[0]["story_loss"] * 1.25, "intact model\n(dotted line)", ha="center", va="bottom",
+            fontsize=plotting.MIN_FONT_PT, color=plotting.color("learned"))
+    plotting.entropy_floor(ax, r["final"]["floor_nats_per_char"], "exact floor")
+    plotting.log_axis(ax, "y")
+    ax.set_xticks(range(len(rows)), [b["break"] for b in rows], rotation=35, ha="right")
+    ax.set(ylabel="nats/char (log)", title="Break one part of every block of the trained model")
+    sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, 100))
+    fig.colorbar(sm, ax=ax, label="valid sentences in samples (%)", pad=0.01)
+    del bars
+    return plotting.save_fig(fig, plots_dir, "break_it")
+
+
+def draw_noise(r, plots_dir):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, key, title in ((axes[0], "noise_whole", "noise in units of the whole tensor's std"),
+                           (axes[1], "noise_varying", "in units of its token-to-token std")):
+        for t, col in (("Q", "top-k"), ("K", "temperature"), ("V", "top-p")):
+            pts = [x for x in r[key] if x["tensor"] == t]
+            ax.plot([x["noise"] for x in pts], [x["story_loss"] for x in pts], "o-", color=plotting.color(col), label=t)
+        ax.axhline(r["breaks"][0]["story_loss"], color="0.5", ls=":", lw=1)
+        plotting.log_axis(ax, "x", base=2)
+        plotting.label_lines(ax)
+        ax.set(xlabel="noise (std units)", title=title)
+    axes[0].set_ylabel("nats/char")
+    fig.tight_layout()
+    return plotting.save_fig(fig, plots_dir, "noise_sweep")
+
+
+def draw_scratch(r, plots_dir):
+    fig, ax = plt.subplots(figsize=(8, 4.4))
+    palette = ["#000000", "#0072B2", "#009E73", "#E69F00", "#D55E00", "#CC79A7"]
+    for x, col in zip(r["scratch"], palette):
+        loss = np.array(x["train_loss"])
+        smooth = np.convolve(loss, np.ones(10) / 10, mode="valid") if len(loss) >= 10 else loss
+        ax.plot(np.arange(len(smooth)) + 1, smooth, color=col, label=x["break"])
+    plotting.entropy_floor(ax, r["scratch_setup"]["floor_at_64"], "floor (64-char context)")
+    plotting.label_lines(ax)
+    s = r["scratch_setup"]
+    ax.set(xlabel="training step", ylabel="train loss (nats/char, 10-step mean)",
+           title=f"Broken from step 0: {s['n_layer']} × {s['d_model']} model, {s['seq_len']}-char windows")
+    return plotting.save_fig(fig, plots_dir, "from_scratch")
+
+
+def draw_numpy(r, plots_dir):
+    n = r["numpy"]
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(13, 4.2))
+    p = n["pretrain"]
+    a.plot(p["step"], p["val"], "o-", color=plotting.color("val"), label="val loss")
+    plotting.entropy_floor(a, n["floor_at_64"], "floor, 64-char context")
+    a.set_yscale("log")
+    plotting.log_axis(a, "y")
+    a.set(xlabel="step", ylabel="val nats/char (log)", title="NumPy LM pre-training")
+    a2 = a.twinx()
+    a2.plot(np.arange(1, len(p["lr"]) + 1), p["lr"], color="0.6", lw=1)
+    a2.set_ylabel("learning rate (grey)")
+    a2.grid(False)
+    ft = n["finetune"]
+    w = 0.26
+    groups = (("new_before", "new_after", "lowercase\n(new domain)"),
+              ("old_before", "old_after", "original\n(forgetting)"))
+    for g, (before, after, _) in enumerate(groups):
+        heights = [ft["full"][before], ft["full"][after], ft["lora"][after]]
+        colors = ["0.75", plotting.color("full"), plotting.color("lora")]
+        for i, (hgt, col, name) in enumerate(zip(heights, colors, ("before", "full", "LoRA"))):
+            b.bar(g + (i - 1) * w, hgt, w * 0.95, color=col)
+            b.text(g + (i - 1) * w, hgt, f"{name}\n{hgt:.2f}", ha="center", va="bottom", fontsize=plotting.MIN_FONT_PT)
+    b.set_xticks(range(2), [x[2] for x in groups])
+    b.set_ylim(0, 1.3 * max(ft[k][x] for k in ft for x in ("new_before", "new_after", "old_before", "old_after")))
+    b.set(ylabel="nats/char",
+          title=f"Full fine-tune ({ft['full']['trainable']:,} trained)\nvs LoRA ({ft['lora']['trainable']:,})")
+    for rank, col in ((4, "lora"), (8, "full")):
+        rows = [x for x in n["lora_ratio"] if x["rank"] == rank]
+        c.plot([x["d_model"] for x in rows], [x["ratio"] for x in rows], "o-", color=plotting.color(col),
+               label=f"rank {rank}")
+    c.axhline(100, color="0.4", ls="--", lw=1)
+    c.annotate('"100× fewer"', (0.02, 100), xycoords=("axes fraction", "data"), xytext=(0, 4),
+               textcoords="offset points", fontsize=plotting.MIN_FONT_PT, color="0.3")
+    plotting.log_axis(c, "x", base=2)
+    plotting.log_axis(c, "y")
+    plotting.label_lines(c)
+    c.set(xlabel="d_model", ylabel="full / LoRA trainable params", title="How the ratio grows with width")
+    fig.tight_layout()
+    return plotting.save_fig(fig, plots_dir, "numpy_lm")
 
 
 if __name__ == "__main__":
-    p = cli.parser("04_transformer_block", __doc__)
-    p.add_argument("--part", choices=["all", "block", "numpy"], default="all", help="ignored: draws what the results hold")
-    run = cli.setup(p, header=False)
-    cli.run_main(lambda: draw(run.results_path, run.plots_dir, run.animations_dir))
+    cli.visualize_main(draw)
