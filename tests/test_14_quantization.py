@@ -1,10 +1,10 @@
 """Chapter 14 · Quantization: the quantizers' error bound, int4 packing, AWQ's search on planted
-outlier channels, the AutoAWQ GEMM layout, W8A8 against a float reference, the straight-through
-estimator, shared/gguf_export.py (gguf's reader, the RoPE permutation, and llama.cpp when it
-imports), and the scripts end to end."""
+outlier channels, planting outliers without changing the function, the AutoAWQ GEMM layout, W8A8
+against a float reference, the straight-through estimator, bitsandbytes' layers on CPU,
+shared/gguf_export.py (gguf's reader, the RoPE permutation, and llama.cpp when it imports), and
+the scripts end to end."""
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -14,12 +14,17 @@ import torch
 from shared import gguf_export, stacks
 from shared.errors import WorkbookError
 from shared.model import GPT, GPTConfig, apply_rope, rope_cos_sin
-from shared.testing import load_chapter_module, run_script
 from shared.tokenizer import CharTokenizer
 
+from workbook_testing import assert_exit_2, load_chapter_module, results_of, run_quick, run_script
+
 CHAPTER = "14_quantization"
-main = load_chapter_module(CHAPTER, "main")
-Q, awq = main.Q, main.awq
+Q = load_chapter_module(CHAPTER, "quantizers")
+awq = load_chapter_module(CHAPTER, "awq")
+awq_layout = load_chapter_module(CHAPTER, "awq_layout")
+measures = load_chapter_module(CHAPTER, "quant_measures")
+planted_outliers = load_chapter_module(CHAPTER, "planted_outliers")
+bnb_layers = load_chapter_module(CHAPTER, "bnb_layers")
 QuantSpec = Q.QuantSpec
 
 
@@ -225,32 +230,32 @@ def test_per_story_matches_story_loss_and_paired_difference():
     tok = CharTokenizer.from_text("\n" + "".join(st.text for st in stories))
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, d_model=32, block_size=512, pos="rope",
                           norm="rmsnorm", activation="swiglu")).eval()
-    nats, chars, kept = main.per_story(model, tok, stories, "cpu")
+    nats, chars, kept = measures.per_story(model, tok, stories, "cpu")
     ref = story_loss(model, tok, stories, "cpu")
     assert len(kept) == ref["stories"] > 0
     assert float(nats.sum() / chars.sum()) == pytest.approx(ref["model_nats_per_char"], rel=1e-5)
-    d, se = main.paired_difference(nats + 0.01 * chars, nats, chars)   # a constant 0.01 nats/char worse
+    d, se = measures.paired_difference(nats + 0.01 * chars, nats, chars)   # a constant 0.01 nats/char worse
     assert d == pytest.approx(0.01) and se == pytest.approx(0.0, abs=1e-12)
-    d, se = main.paired_difference(nats * 1.1, nats, chars)            # differences vary: se > 0
+    d, se = measures.paired_difference(nats * 1.1, nats, chars)            # differences vary: se > 0
     assert d > 0 and se > 0
 
 
 def test_awq_gemm_layout_round_trip():
-    assert awq.AWQ_REVERSE == (0, 4, 1, 5, 2, 6, 3, 7)
-    packed = awq.pack_awq(torch.arange(8)[None])
+    assert awq_layout.AWQ_REVERSE == (0, 4, 1, 5, 2, 6, 3, 7)
+    packed = awq_layout.pack_awq(torch.arange(8)[None])
     assert packed.item() == 0x75316420   # nibble slot i holds column ORDER[i]: 7,5,3,1,6,4,2,0 from the top
     g = torch.Generator().manual_seed(0)
     codes = torch.randint(0, 16, (32, 48), generator=g)
-    assert torch.equal(awq.unpack_awq(awq.pack_awq(codes)), codes)
+    assert torch.equal(awq_layout.unpack_awq(awq_layout.pack_awq(codes)), codes)
     w = weights(rows=48, cols=64)
-    t = awq.to_awq_gemm(w, group=16)
+    t = awq_layout.to_awq_gemm(w, group=16)
     assert t["qweight"].shape == (64, 6) and t["qweight"].dtype == torch.int32
     assert t["qzeros"].shape == (4, 6) and t["scales"].shape == (4, 48) and t["scales"].dtype == torch.float16
     qt = Q.quantize(w, QuantSpec(4, False, 16))
-    assert torch.equal(awq.unpack_awq(t["qweight"]).T, qt.q.long())
+    assert torch.equal(awq_layout.unpack_awq(t["qweight"]).T, qt.q.long())
     # dequantized with the stored fp16 scales == the chapter's own dequant up to fp16 rounding of the scale
-    torch.testing.assert_close(awq.from_awq_gemm(t, 16), awq.awq_rtn_reference(w, 16), atol=1e-3 * w.abs().max().item(),
-                               rtol=1e-3)
+    torch.testing.assert_close(awq_layout.from_awq_gemm(t, 16), awq_layout.awq_rtn_reference(w, 16),
+                               atol=1e-3 * w.abs().max().item(), rtol=1e-3)
 
 
 # ----------------------------------------------------------------------------- GGUF (shared/gguf_export.py)
@@ -351,38 +356,115 @@ def test_llama_cpp_runs_the_gguf_with_the_same_logits(exported):
     assert 0 < np.abs(q8 - ref).max() < 0.05     # quantized: close, not equal
 
 
+# ----------------------------------------------------------------------------- planted outliers
+def test_planting_outliers_keeps_the_function_and_makes_round_to_nearest_hurt():
+    model = tiny_llama(layers=2)
+    x = torch.randint(0, 40, (2, 32), generator=torch.Generator().manual_seed(4))
+    channels = planted_outliers.loudest_channels(model, [x], n=3)
+    assert {k: len(v) for k, v in channels.items()} == {f"{i}.{n}": 3 for i in range(2)
+                                                         for n in ("attn_norm", "mlp_norm", "down")}
+    planted = planted_outliers.plant(model, channels, 30.0, check_ids=x)       # self-checks the logits too
+    torch.testing.assert_close(planted(x), model(x), atol=1e-4, rtol=1e-4)
+    c = channels["0.attn_norm"]
+    assert torch.allclose(planted.blocks[0].attn_norm.weight[c], 30 * model.blocks[0].attn_norm.weight[c])
+    inputs = awq.collect_inputs(planted, [x])["blocks.0.attn.q_proj"].abs().mean(0)
+    assert inputs.max() / inputs.median() > 10                                  # now big-model loud
+    spec = QuantSpec(4, False, "channel")
+    with torch.no_grad():
+        err = {name: float((Q.quantize_model(m, spec)(x) - m(x)).pow(2).mean()) for name, m in
+               (("plain", model), ("planted", planted))}
+        folded, _ = awq.apply_awq(planted, [x], spec, grid=10)
+        err["awq"] = float((Q.quantize_model(folded, spec)(x) - planted(x)).pow(2).mean())
+    assert err["planted"] > 3 * err["plain"]      # the rewrite is free in float, not after rounding
+    assert err["awq"] < 0.5 * err["planted"]      # AWQ's scales undo it
+
+
+# ----------------------------------------------------------------------------- bitsandbytes on CPU
+@pytest.mark.skipif(not stacks.available("bitsandbytes"), reason="bitsandbytes not installed")
+def test_bitsandbytes_layers_run_on_cpu_with_the_expected_bits_and_small_loss_change():
+    torch.manual_seed(0)                           # d_model 128 -> down_proj reads 352 = 5.5 blocks of 64 per row,
+    model = GPT(GPTConfig(vocab_size=40, n_layer=1, n_head=4, d_model=128, block_size=64, pos="rope",
+                          norm="rmsnorm", activation="swiglu", tie_embeddings=False)).eval()   # as in the zoo model
+    x = torch.randint(0, 40, (2, 32), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = torch.nn.functional.cross_entropy(model(x)[:, :-1].flatten(0, 1), x[:, 1:].flatten())
+        change, bits = {}, {}
+        for kind in bnb_layers.KINDS:
+            bm = bnb_layers.bnb_model(model, kind)
+            assert {type(m).__name__ for m in bm.modules()} & {"Linear8bitLt", "Linear4bit"}
+            bits[kind] = bnb_layers.bnb_bits(bm)
+            loss = torch.nn.functional.cross_entropy(bm(x)[:, :-1].flatten(0, 1).float(), x[:, 1:].flatten())
+            change[kind] = float(loss - ref)
+        ours = bnb_layers.blockwise_model(model)
+        change["ours"] = float(torch.nn.functional.cross_entropy(ours(x)[:, :-1].flatten(0, 1), x[:, 1:].flatten())
+                               - ref)
+    widths = [lin.in_features for _, lin in Q.quantizable(model)]
+    int8_bits = 8 + 32 * sum(1 / w for w in widths) / len(widths)   # int8 codes + one fp32 scale per row
+    assert bits["int8"] == pytest.approx(int8_bits, rel=0.05) and bits["int8+outliers"] == bits["int8"]
+    assert bits["nf4"] == pytest.approx(4.125, abs=0.01) and bits["fp4"] == pytest.approx(4.125, abs=0.01)
+    assert bnb_layers.blockwise_bits() == 4.25
+    assert all(abs(v) < 0.05 for v in change.values()), change      # a random model: close to its own fp32
+    assert abs(change["int8"]) < abs(change["fp4"])                   # 8 bits sit closer than 4
+
+
+def test_blockwise_model_uses_blocks_of_64_across_rows():
+    lin = torch.nn.Linear(96, 4, bias=False)     # 384 weights = 6 blocks, some spanning two rows
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(4, 96) * 0.05)
+        lin.weight[1, 10] = 2.0                  # one big weight: only its own block of 64 gets a coarse step
+    model = torch.nn.Module()
+    model.q_proj = lin
+    out = bnb_layers.blockwise_model(model)
+    err = (out.q_proj.weight - lin.weight).abs().flatten().reshape(-1, 64).amax(1)
+    assert err[1] > 5 * err[[0, 2, 3, 4, 5]].max()   # flat index 106 lies in block 1 (64..127)
+
+
 # ----------------------------------------------------------------------------- the scripts
-def test_bad_input_exits_2_with_one_error_line(tmp_path):
-    out = run_script(CHAPTER, "main.py", "--quick", "--group-size", "24", "--out", tmp_path)
-    assert out.returncode == 2
-    lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and "power of two" in lines[0]
+@pytest.mark.parametrize("args, message", [(["--group-size", "24"], "power of two"),
+                                           (["--low-bits", "4,9"], "--low-bits"),
+                                           (["--outlier-factor", "0"], "--outlier-factor")])
+def test_bad_input_exits_2_with_one_error_line(args, message, tmp_path):
+    assert_exit_2(CHAPTER, "main.py", ["--quick", *args], message, tmp_path)
 
 
-def test_main_quick_end_to_end_and_visualize(tmp_path):
-    out = run_script(CHAPTER, "main.py", "--quick", "--out", tmp_path, "--checkpoints", tmp_path / "ck")
-    assert out.returncode == 0, out.stderr[-3000:]
-    r = json.loads((tmp_path / "results" / f"{CHAPTER}.json").read_text())
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out, _ = run_quick(CHAPTER, tmp_path_factory.mktemp("quick"))
+    return out, results_of(out, CHAPTER)
+
+
+def test_main_quick_end_to_end(quick):
+    _, r = quick
     h = r["headline"]
     assert h["floor_nats_per_char"] < h["fp32_nats_per_char"]
-    assert abs(h["int8_channel_nats_per_char"] - h["fp32_nats_per_char"]) < 0.01
     assert all(row["max_err_over_half_scale"] <= 1 + 1e-4 for row in r["error_vs_bits"])
-    sizes = {row["method"]: row["bytes_on_disk"] for row in r["ptq"]}
-    assert sizes["fp32"] > sizes["fp16"] > sizes["RTN int8 absmax channel"] > sizes["RTN int4 absmax channel"]
-    assert {row["bits"] for row in r["low_bits"]} == {4, 3, 2}
+    for name in ("plain", "planted"):
+        sizes = {row["method"]: row["bytes_on_disk"] for row in r["ptq"][name]}
+        assert sizes["fp32"] > sizes["RTN int8 absmax channel"] > sizes["RTN int4 absmax channel"]
+    # planting is exact in float: both models score the same before quantizing
+    assert r["ptq"]["planted"][0]["nats_per_char"] == pytest.approx(r["ptq"]["plain"][0]["nats_per_char"], abs=1e-4)
+    assert {row["bits"] for row in r["qat"]["rows"]} == {4, 3, 2}
     assert [row["type"] for row in r["gguf"]["rows"]] == ["F32", "F16", "Q8_0", "Q4_0"]
     assert r["awq_export"]["codes_roundtrip_exact"]
     rows = r["awq_vs_rtn"]["rows"]
-    assert [(row["granularity"], row["bits"]) for row in rows] == [("channel", 4), ("channel", 3), ("g32", 4), ("g32", 3)]
-    assert "awq_scales_only_vs_fp32" in rows[0] and all(row["awq_minus_rtn_se"] > 0 for row in rows)
-    assert all(row["module_error_ratio"] <= 1 and row["clip_error_ratio"] <= 1 for row in rows)
-    assert r["awq_vs_rtn"]["stories"] >= r["awq_vs_rtn"]["table_stories"] == r["stories"]
+    assert all("awq_scales_only_vs_fp32" in row and row["awq_minus_rtn_se"] > 0 for row in rows)
+    assert all(row["module_error_ratio"] <= 1 for row in rows)
+    if stacks.available("bitsandbytes"):
+        methods = {(row["model"], row["method"]) for row in r["bitsandbytes"]["rows"]}
+        assert ("planted", "bitsandbytes nf4") in methods and ("plain", "ours int4 absmax, blocks of 64") in methods
     if stacks.available("llama-cpp"):
         assert r["gguf"]["checks"]["f32_logits_match_torch_1e-4"] and r["gguf"]["checks"]["q8_0_ppl_within_1pct"]
         assert r["gguf"]["checks"]["tokenizer_roundtrip"]
-    plots = tmp_path / "plots" / CHAPTER
+    report = load_chapter_module(CHAPTER, "report")
+    assert report.headline(r) == r["headline"] and "AWQ vs RTN" in report.notes(r)
+
+
+def test_visualize_redraws_every_figure(quick):
+    out, _ = quick
+    plots = out / "plots" / CHAPTER
     for p in plots.glob("*.png"):
         p.unlink()
-    redraw = run_script(CHAPTER, "visualize.py", "--quick", "--out", tmp_path)
+    redraw = run_script(CHAPTER, "visualize.py", "--quick", "--out", out)
     assert redraw.returncode == 0, redraw.stderr[-2000:]
-    assert {p.stem for p in plots.glob("*.png")} == {"error_vs_bits", "loss_vs_size", "histograms", "rtn_awq_qat", "awq_vs_rtn"}
+    assert {p.stem for p in plots.glob("*.png")} == {"quantization_diagram", "error_vs_bits", "histograms",
+                                                     "loss_vs_size", "awq_vs_rtn", "qat"}
