@@ -20,8 +20,8 @@ from shared.tokenizer import CharTokenizer
 from workbook_testing import load_chapter_module
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-m = load_chapter_module("05_sampling", "main")
-dash = m.dashboard
+samplers = load_chapter_module("05_sampling", "samplers")
+dash = load_chapter_module("05_sampling", "sampling_dashboard")
 TEXT = "\nOn a sunny day, Pooh had a red balloon. Piglet ran to the river.\n"
 
 
@@ -32,7 +32,7 @@ def start(timeout_s=None, monkeypatch=None):
     tok = CharTokenizer.from_text(TEXT)
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, d_model=16, block_size=64, pos="rope",
                           norm="rmsnorm", activation="swiglu", tie_embeddings=False)).eval()
-    server = dash.make_server("<html>dashboard</html>", model, tok, m.generate, torch.device("cpu"), 0, seed=0)
+    server = dash.make_server("<html>dashboard</html>", model, tok, samplers.generate, torch.device("cpu"), 0, seed=0)
     assert server.server_address[0] == "127.0.0.1"
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server

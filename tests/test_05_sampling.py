@@ -21,14 +21,19 @@ from shared import paths
 from shared.corpus import HundredAcreWood
 from shared.errors import WorkbookError
 from shared.model import GPT, GPTConfig, sample_logits
-from shared.testing import load_chapter_module, results_of, run_quick, run_script
 from shared.tokenizer import CharTokenizer
+
+from workbook_testing import assert_exit_2, load_chapter_module, results_of, run_quick, run_script
 
 CHAPTER = "05_sampling"
 CHROMIUM = Path("/usr/bin/chromium")
-m = load_chapter_module(CHAPTER, "main")
-S, D, dash = m.samplers, m.diversity, m.dashboard
+S = load_chapter_module(CHAPTER, "samplers")
+D = load_chapter_module(CHAPTER, "diversity")
+dash = load_chapter_module(CHAPTER, "sampling_dashboard")
 Rule = S.SamplerConfig
+CHECK_RULES = [Rule(0.7), Rule(1.3, top_k=5), Rule(1.0, top_p=0.9), Rule(2.0, top_p=0.5), Rule(1.0, min_p=0.1),
+               Rule(1.5, min_p=0.02), Rule(1.2, top_k=10, top_p=0.95, min_p=0.05)]
+FIGURES = {"sampling_pipeline", "filters", "entropy_diversity", "validity", "presets_and_combination", "repetition"}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
@@ -101,7 +106,7 @@ def test_min_p_threshold_is_relative_to_the_top_probability():
 
 def test_every_distribution_sums_to_one():
     z = random_logits()
-    for rule in m.CHECK_RULES + [Rule(0.0), Rule(3.0), Rule(0.5, top_k=2, top_p=0.3, min_p=0.5)]:
+    for rule in CHECK_RULES + [Rule(0.0), Rule(3.0), Rule(0.5, top_k=2, top_p=0.3, min_p=0.5)]:
         q = S.sampling_probs(z, rule)
         assert (q >= 0).all() and torch.allclose(q.sum(-1), torch.ones(len(z)), atol=1e-5), rule.label()
         h = S.entropy_bits(q)
@@ -112,9 +117,9 @@ def test_every_distribution_sums_to_one():
 def test_matches_hugging_face_warpers(seed):
     z = random_logits(seed=seed)
     ids = torch.zeros(len(z), 1, dtype=torch.long)
-    rules = m.CHECK_RULES + [Rule(1.0, top_k=1), Rule(0.9, top_p=0.2), Rule(1.0, top_p=0.75, min_p=0.3)]
+    rules = CHECK_RULES + [Rule(1.0, top_k=1), Rule(0.9, top_p=0.2), Rule(1.0, top_p=0.75, min_p=0.3)]
     for rule in rules:
-        ours, theirs = S.warp(z, rule), m.hf_warpers(rule)(ids, z.clone())
+        ours, theirs = S.warp(z, rule), S.hf_warpers(rule)(ids, z.clone())
         assert torch.equal(ours.isfinite(), theirs.isfinite()), rule.label()
         torch.testing.assert_close(ours.softmax(-1), theirs.softmax(-1), atol=1e-6, rtol=0, msg=rule.label())
 
@@ -139,7 +144,8 @@ def test_sampling_frequencies_follow_the_distribution():
 
 
 def test_bad_rules_are_one_line_errors():
-    for kwargs in ({"temperature": -0.1}, {"temperature": float("nan")}, {"top_k": -1}, {"top_p": 1.5}, {"min_p": -0.2}):
+    bad = ({"temperature": -0.1}, {"temperature": float("nan")}, {"top_k": -1}, {"top_p": 1.5}, {"min_p": -0.2})
+    for kwargs in bad:
         with pytest.raises(WorkbookError):
             Rule(**kwargs)
 
@@ -160,7 +166,7 @@ def test_generate_matches_shared_generate():
     model, tok = tiny_model()
     prompt = torch.tensor([tok.encode("\nOn a ")] * 3)
     for rule in [Rule(0.0), Rule(0.8), Rule(1.2, top_k=5), Rule(1.0, top_p=0.9)]:
-        ours = m.generate(model, prompt, 20, rule, torch.Generator().manual_seed(5))["tokens"]
+        ours = S.generate(model, prompt, 20, rule, torch.Generator().manual_seed(5))["tokens"]
         ref = model.generate(prompt, 20, rule.temperature, rule.top_k or None, rule.top_p,
                              generator=torch.Generator().manual_seed(5))[:, prompt.shape[1]:]
         assert torch.equal(ours, ref), rule.label()
@@ -169,12 +175,12 @@ def test_generate_matches_shared_generate():
 def test_generate_is_deterministic_per_seed_and_records_entropy():
     model, tok = tiny_model()
     prompt = torch.tensor([tok.encode("\n")] * 4)
-    a = m.generate(model, prompt, 12, Rule(1.0), torch.Generator().manual_seed(1))
-    b = m.generate(model, prompt, 12, Rule(1.0), torch.Generator().manual_seed(1))
+    a = S.generate(model, prompt, 12, Rule(1.0), torch.Generator().manual_seed(1))
+    b = S.generate(model, prompt, 12, Rule(1.0), torch.Generator().manual_seed(1))
     assert torch.equal(a["tokens"], b["tokens"])
-    g = m.generate(model, prompt, 12, Rule(0.0), torch.Generator().manual_seed(1))
+    g = S.generate(model, prompt, 12, Rule(0.0), torch.Generator().manual_seed(1))
     assert (g["entropy_bits"].abs() < 1e-5).all() and (g["model_entropy_bits"] > 0).all()
-    cut = m.generate(model, prompt, 12, Rule(1.0, top_k=2), torch.Generator().manual_seed(1))
+    cut = S.generate(model, prompt, 12, Rule(1.0, top_k=2), torch.Generator().manual_seed(1))
     assert (cut["entropy_bits"] <= 1 + 1e-5).all()  # at most 2 tokens: at most 1 bit
 
 
@@ -205,45 +211,67 @@ def test_validity_levels_on_real_and_broken_stories():
     wood = HundredAcreWood()
     stories = wood.stories(6, seed=4)
     real = "".join(st.text for st in stories)
-    v = m.validity([real + "On a sunny da"], wood)  # the unfinished tail is ignored
+    v = D.validity([real + "On a sunny da"], wood)  # the unfinished tail is ignored
     assert v == {"sentence_validity": 1.0, "story_wellformed": 1.0, "story_validity": 1.0, "complete_stories": 6}
     first = stories[0]
     other_hero = next(c for c in ("Pooh", "Piglet") if c != first.opening.get("hero"))
     swapped = first.text.replace(f"In the evening, {first.opening.get('hero')}", f"In the evening, {other_hero}")
     no_ending = " ".join(x.text for x in [first.opening, *first.middle]) + "\n"
     typo = first.text.replace(first.opening.get("object"), "honeypto", 1)
-    v = m.validity([swapped, no_ending, typo], wood)
+    v = D.validity([swapped, no_ending, typo], wood)
     # swapped: well-formed but inconsistent; no_ending: not a story; typo: one bad sentence
     assert v["story_wellformed"] == pytest.approx(1 / 3) and v["story_validity"] == 0.0
     assert v["complete_stories"] == 3 and v["sentence_validity"] < 1
 
 
 # ----------------------------------------------------------------------------- dashboard tree + server
-def test_tree_nodes_hold_the_models_distribution_and_coverage_is_exact():
+def prefix(tok, tree, node):
+    text, i = "", node
+    while i > 0:
+        text, i = tok.token_str(tree["token"][i]) + text, tree["parent"][i]
+    return text
+
+
+def test_tree_holds_the_most_probable_prefixes_with_the_models_distribution():
     model, tok = tiny_model(1)
     prompt = "\nOn a "
-    tree = dash.build_tree(model, tok, prompt, depth=4, beam=5, device="cpu")
+    tree = dash.build_tree(model, tok, prompt, max_nodes=40, max_depth=6, device="cpu")
     logits = dash.tree_logits(tree)
-    assert len(tree["parent"]) == 1 + 4 * 5 and max(tree["depth"]) == 4
-    for node in range(len(tree["parent"])):  # every node's row == a fresh forward pass on its prefix
-        path, i = "", node
-        while i > 0:
-            path, i = tok.token_str(tree["token"][i]) + path, tree["parent"][i]
-        with torch.no_grad():
-            ref = model(torch.tensor([tok.encode(prompt + path)]))[0, -1].log_softmax(-1)
-        assert (logits[node] - ref.clamp(min=-128)).abs().max() <= 0.5 / dash.SCALE + 1e-6, node
+    assert len(tree["parent"]) == 40 and max(tree["depth"]) <= 6
+    assert all(tree["parent"][c] < c for c in range(1, 40))  # parents first: the page and expected_chars rely on it
+    with torch.no_grad():
+        exact = [model(torch.tensor([tok.encode(prompt + prefix(tok, tree, n))]))[0, -1].log_softmax(-1)
+                 for n in range(40)]
+    for node, ref in enumerate(exact):  # every row == a fresh forward pass, within one square-root step
+        ref = ref.clamp(min=-dash.FLOOR_NATS)
+        step = dash.FLOOR_NATS * (2 * (-ref / dash.FLOOR_NATS).sqrt() * 255 + 1) / (2 * 255**2)
+        assert ((logits[node] - ref).abs() <= step + 1e-5).all(), node
+    # best-first: no prefix left out is more probable than the least probable one kept
+    path_logp = [0.0]
+    for c in range(1, 40):
+        path_logp.append(path_logp[tree["parent"][c]] + exact[tree["parent"][c]][tree["token"][c]].item())
+    kept = {(tree["parent"][c], tree["token"][c]) for c in range(1, 40)}
+    left_out = max(path_logp[n] + exact[n][t].item() for n in range(40) for t in range(tok.vocab_size)
+                   if (n, t) not in kept and tree["depth"][n] < 6)
+    assert left_out <= min(path_logp) + 1e-5
+
+
+def test_expected_chars_is_exact():
+    model, tok = tiny_model(1)
+    tree = dash.build_tree(model, tok, "\nOn a ", max_nodes=30, max_depth=4, device="cpu")
+    logits = dash.tree_logits(tree)
     children = {}
     for c in range(1, len(tree["parent"])):
         children.setdefault(tree["parent"][c], {})[tree["token"][c]] = c
 
-    def stay(node, rule):  # brute force over every path
-        if tree["depth"][node] == 4:
-            return 1.0
+    def chars(node, rule):  # brute force: each step inside the tree counts one character
         q = S.sampling_probs(logits[node][None], rule)[0]
-        return sum(q[t].item() * stay(c, rule) for t, c in children.get(node, {}).items())
+        return sum(q[t].item() * (1 + chars(c, rule)) for t, c in children.get(node, {}).items())
 
-    for rule in (Rule(1.0), Rule(0.5, top_p=0.8), Rule(0.0)):
-        assert dash.coverage(tree, rule) == pytest.approx(stay(0, rule), abs=1e-6)
+    for rule in (Rule(1.0), Rule(0.5, top_p=0.8), Rule(0.0), Rule(2.0, min_p=0.1)):
+        for node in (0, 1, 3):
+            assert dash.expected_chars(tree, rule, node) == pytest.approx(chars(node, rule), abs=1e-9)
+    assert dash.expected_chars(tree, Rule(0.0)) >= 1   # greedy follows the most probable path, which is kept
 
 
 def _free_port_server(tmp_path, model_dir):
@@ -271,42 +299,44 @@ def quick_run(tmp_path_factory):
 
 
 def test_main_quick_end_to_end(quick_run):
-    out, r = quick_run
+    out, _ = quick_run
     res = results_of(out, CHAPTER)
-    assert res["meta"]["preset"] == "quick"
-    assert res["checks"]["all_pass"] and res["headline"]["checks_pass"]
+    assert res["meta"]["preset"] == "quick" and res["config"]["n_samples"] == 8
+    assert all(row.get("same kept sets (HF)", True) and row.get("same draws (shared)", True) for row in res["checks"])
     greedy = next(x for x in res["sweep"] if x["family"] == "greedy")
     hot = max((x for x in res["sweep"] if x["family"] == "temperature only"), key=lambda x: x["temperature"])
     assert greedy["entropy_bits"] == pytest.approx(0.0, abs=1e-6) and greedy["self_bleu"] == pytest.approx(1.0)
     assert hot["entropy_bits"] > 0.5 and hot["distinct_4"] > greedy["distinct_4"]
-    for x in res["sweep"]:
+    both = [x for x in res["sweep"] if x["family"] == "top-k 5 + top-p 0.9"]
+    assert [x["label"] for x in both] == ["T=1 top-k=5 top-p=0.9", "T=2 top-k=5 top-p=0.9"]
+    assert [x["preset"] for x in res["named"]] == ["precise", "balanced", "creative"]
+    assert res["named"][0]["entropy_bits"] < res["named"][2]["entropy_bits"]   # precise is the colder one
+    for x in res["sweep"] + res["named"]:
         assert 0 <= x["sentence_validity"] <= 1 and 0 <= x["story_validity"] <= x["story_wellformed"] <= 1
-    rep = res["repetition"]
-    assert set(rep["curves"]) == {"real text", "greedy", "T=0.5", "T=1"}
+    assert set(res["repetition"]["curves"]) == {"real text", "greedy", "T=0.5", "T=1"}
     assert res["corpus_reference"]["sentence_validity"] == pytest.approx(1.0)
     html = out / res["dashboard"]["path"]  # stored relative to --out, so committed results carry no local paths
     assert html.exists() and html.stat().st_size == res["dashboard"]["bytes"]
-    for name in ("filters", "entropy_diversity", "repetition", "validity"):
+    assert [x["nodes"] for x in res["dashboard"]["expected_chars"]] == [res["config"]["tree_nodes"]] * 4
+    for name in FIGURES:
         assert (out / "plots" / CHAPTER / f"{name}.png").stat().st_size > 10_000
 
 
 def test_visualize_redraws_from_json(quick_run, tmp_path):
     out, _ = quick_run
-    pngs = list((out / "plots" / CHAPTER).glob("*.png"))
-    for p in pngs:
-        p.unlink()
+    for p in (out / "plots" / CHAPTER).glob("*.png"):
+        if p.stem in FIGURES:
+            p.unlink()
     r = run_script(CHAPTER, "visualize.py", "--quick", "--out", out)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert {p.stem for p in (out / "plots" / CHAPTER).glob("*.png")} >= {"filters", "entropy_diversity",
-                                                                          "repetition", "validity"}
+    assert {p.stem for p in (out / "plots" / CHAPTER).glob("*.png")} >= FIGURES
     r = run_script(CHAPTER, "visualize.py", "--quick", "--out", tmp_path / "empty")
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and r.stderr.startswith("error:")
 
 
-def test_bad_input_is_one_error_line():
-    r = run_script(CHAPTER, "main.py", "--quick", "--port", "99999")
-    assert r.returncode == 2
-    assert r.stderr.startswith("error:") and r.stderr.strip().count("\n") == 0, r.stderr
+@pytest.mark.parametrize("flags, message", [(["--port", "99999"], "--port"), (["--n-samples", "0"], "--n-samples")])
+def test_bad_input_is_one_error_line(flags, message, tmp_path):
+    assert_exit_2(CHAPTER, "main.py", ["--quick", *flags], message, tmp_path)
 
 
 def _browser():
@@ -364,13 +394,39 @@ def test_dashboard_reacts_in_chromium(quick_run, tmp_path):
     assert (tmp_path / "dashboard.png").stat().st_size > 10_000
 
 
+def test_page_decodes_the_tree_exactly_in_chromium(tmp_path):
+    """The page's binary tree (uint16 parents, uint8 tokens, one byte per log-prob) decodes in JavaScript to
+    exactly what Python's tree_logits and expected_chars say."""
+    sync_playwright = _browser()
+    model, tok = tiny_model(2)
+    tree = dash.build_tree(model, tok, "\nOn a ", max_nodes=50, max_depth=8, device="cpu")
+    info = {"name": "tiny", "params": model.num_params(), "preset": "test", "model_nats_per_char": 3.0,
+            "floor_nats_per_char": 0.2}
+    html = dash.write(dash.page([tree], [("tiny", "\nOn a ")], tok, info, live=False), tmp_path / "page.html")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=dash.CHROMIUM_ARGS)
+        try:
+            tab = browser.new_page()
+            tab.goto(html.resolve().as_uri())
+            tab.wait_for_selector("#dist .row")
+            got = tab.evaluate("() => { const t = window.dashboardTrees[0]; "
+                               "return {parent: t.parent, token: t.token, depth: t.depth, logits: t.logits}; }")
+            rule = Rule(1.3, top_p=0.9)
+            js_chars = tab.evaluate("(s) => expectedChars(window.dashboardTrees[0], s, 0)", rule.to_dict())
+        finally:
+            browser.close()
+    assert got["parent"] == tree["parent"] and got["token"] == tree["token"] and got["depth"] == tree["depth"]
+    torch.testing.assert_close(torch.tensor(got["logits"]), dash.tree_logits(tree), atol=1e-5, rtol=0)  # float32
+    assert js_chars == pytest.approx(dash.expected_chars(tree, rule), rel=1e-6)
+
+
 def test_live_handler_in_process():
     """The --serve endpoints on a tiny model, in this process (the subprocess version is slow)."""
     import threading
     from http.server import HTTPServer
 
     model, tok = tiny_model()
-    handler = dash.make_handler("<html>page</html>", model, tok, m.generate, torch.device("cpu"), seed=0)
+    handler = dash.make_handler("<html>page</html>", model, tok, S.generate, torch.device("cpu"), seed=0)
     server = HTTPServer(("127.0.0.1", 0), handler)
     assert server.server_address[0] == "127.0.0.1"
     thread = threading.Thread(target=server.serve_forever, daemon=True)

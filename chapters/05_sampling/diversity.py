@@ -1,4 +1,4 @@
-"""Measuring what a decoding rule did to the text: diversity and repetition.
+"""Measuring what a decoding rule did to the text: diversity, repetition and validity.
 
     distinct-n   unique word n-grams / all word n-grams over a set of samples (Li et al. 2016).
                  1.0: no n-gram ever repeats; near 0: the samples say the same thing.
@@ -6,6 +6,9 @@
                  (Zhu et al. 2018, Texygen). High: the samples copy each other.
     repetition   inside one sample, is the word n-gram ending here one this sample already
                  produced? Degenerate loops push it to 1.
+
+    validity     does the text obey the grammar the Hundred Acre Wood stories come from?
+                 (sentences, whole stories, stories whose ending repeats their opening)
 
 Words are runs of letters plus single punctuation marks, so "balloon." is two words.
 """
@@ -18,6 +21,7 @@ import numpy as np
 import regex
 
 WORD = regex.compile(r"\w+|[^\w\s]")
+SENTENCE_END = regex.compile(r"(?<=\.)\s+")
 
 
 def words(text: str) -> list[str]:
@@ -131,3 +135,40 @@ def repetition_rate(texts: list[str], n: int = 4) -> float:
     """Share of all word n-grams that repeat an earlier n-gram of the same text."""
     flags = [r for t in texts for _, r in repeated_ngram_positions(t, n)]
     return float(np.mean(flags)) if flags else 0.0
+
+
+# ----------------------------------------------------------------------------- validity
+def validity(texts: list[str], wood) -> dict:
+    """Three levels of 'is this still the Hundred Acre Wood?' (`wood`: a HundredAcreWood), easy to hard:
+
+    sentence_validity   share of finished sentences the grammar can produce
+    story_wellformed    share of complete stories (lines) shaped opening, middles, ending,
+                        every sentence valid
+    story_validity      ... and consistent: the ending repeats the opening's hero, colour and
+                        object with a verb that fits the mood (shared.corpus's `check`)
+
+    A trailing unfinished sentence or story is ignored, as `HundredAcreWood.check` does."""
+    check = [wood.check(t) for t in texts]
+    lines = [line for t in texts for line in t.split("\n")[:-1] if line.strip()]
+    sentences, stories = sum(c["sentences"] for c in check), sum(c["stories"] for c in check)
+    assert stories == len(lines)  # the same complete stories as check() counts
+    return {"sentence_validity": sum(c["valid_sentences"] for c in check) / max(sentences, 1),
+            "story_wellformed": sum(wellformed(line, wood) for line in lines) / max(stories, 1),
+            "story_validity": sum(c["valid_stories"] for c in check) / max(stories, 1),
+            "complete_stories": stories}
+
+
+def wellformed(line: str, wood) -> bool:
+    """One story made of grammatical sentences in the right order (consistency not checked)."""
+    sents = [wood.by_text.get(part) for part in SENTENCE_END.split(line.strip())]
+    if len(sents) < 3 or any(x is None for x in sents):
+        return False
+    kinds = [x.kind for x in sents]
+    return kinds[0] == "opening" and kinds[-1] == "ending" and not {"opening", "ending"} & set(kinds[1:-1])
+
+
+def text_scores(texts: list[str], wood, max_n: int = 4) -> dict:
+    """Every text measure of this module on one set of samples."""
+    return {**{f"distinct_{n}": distinct_n(texts, n) for n in range(1, max_n + 1)},
+            "self_bleu": self_bleu(texts, max_n), "repetition": repetition_rate(texts, max_n),
+            **validity(texts, wood)}

@@ -14,7 +14,8 @@ they drop to -inf, and the final softmax renormalises what is left. They are app
 order Hugging Face `generate` uses: temperature, then top-k, then top-p, then min-p, so
 each later rule sees the distribution the earlier ones produced.
 
-Every function takes logits of shape (..., vocab) and works row by row.
+Every function takes logits of shape (..., vocab) and works row by row. `generate` at the end
+is the decoding loop that uses them: one forward pass per new token, with a KV cache.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from shared.errors import WorkbookError
+from shared.model import KVCache
 
 NEG_INF = float("-inf")
 
@@ -97,7 +99,7 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     tokens ahead of it hold less than p. The first token is always kept, so p=0 is greedy."""
     if p >= 1.0:
         return logits
-    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    sorted_logits, order = logits.sort(dim=-1, descending=True, stable=True)  # ties: lower id first, as the page
     sorted_probs = sorted_logits.softmax(dim=-1)
     mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
     drop_sorted = mass_before >= p
@@ -145,3 +147,52 @@ def entropy_bits(probs: torch.Tensor) -> torch.Tensor:
     """H(p) = -sum p log2 p per row, with 0 log 0 = 0 (dropped tokens contribute nothing)."""
     logp = torch.log2(probs.clamp_min(1e-30))
     return -(probs * logp).sum(dim=-1)
+
+
+# ----------------------------------------------------------------------------- the decoding loop
+@torch.no_grad()
+def generate(model, prompts: torch.Tensor, n_new: int, rule: SamplerConfig, generator: torch.Generator) -> dict:
+    """Continue each row of `prompts` (B, T0) by `n_new` tokens, drawing every token with `rule`.
+
+    The prompt is run once to fill a KV cache; after that every step feeds only the newest
+    token. Besides the tokens we keep two entropies per step: of the distribution the token
+    was actually drawn from (after temperature and truncation), and of the model's own
+    distribution (softmax of the raw logits) at the same point."""
+    model.eval()
+    b, t0 = prompts.shape
+    dtype = next(model.parameters()).dtype
+    cache = KVCache(model.cfg, b, t0 + n_new, device=prompts.device, dtype=dtype)
+    logits = model(prompts, cache=cache)[:, -1].float()
+    tokens, drawn_h, model_h = [], [], []
+    for step in range(n_new):
+        probs = sampling_probs(logits, rule)
+        drawn_h.append(entropy_bits(probs))
+        model_h.append(entropy_bits(logits.softmax(dim=-1)))
+        nxt = greedy(logits)[:, None] if rule.is_greedy else torch.multinomial(probs, 1, generator=generator)
+        tokens.append(nxt)
+        if step < n_new - 1:
+            logits = model(nxt, cache=cache)[:, -1].float()
+    return {"tokens": torch.cat(tokens, dim=1), "entropy_bits": torch.stack(drawn_h, dim=1),
+            "model_entropy_bits": torch.stack(model_h, dim=1)}
+
+
+# ----------------------------------------------------------------------------- the reference
+def hf_warpers(rule: SamplerConfig):
+    """The same rule as a Hugging Face LogitsProcessorList, in the order `generate` builds it
+    (the reference our functions are checked against; greedy has no warper)."""
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        MinPLogitsWarper,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    chain = LogitsProcessorList([TemperatureLogitsWarper(float(rule.temperature))])
+    if rule.top_k:
+        chain.append(TopKLogitsWarper(rule.top_k))
+    if rule.top_p < 1:
+        chain.append(TopPLogitsWarper(rule.top_p))
+    if rule.min_p > 0:
+        chain.append(MinPLogitsWarper(rule.min_p))
+    return chain

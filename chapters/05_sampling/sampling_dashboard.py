@@ -2,11 +2,14 @@
 
 A web page cannot run our PyTorch model, so we precompute what it needs: for each prompt,
 the model's next-character log-probabilities at every node of a *continuation tree*. The
-tree grows one character per level and keeps, at each depth, the `beam` most probable
-prefixes (under the model at T=1). The page's JavaScript then applies temperature / top-k /
+tree holds the `max_nodes` most probable continuations under the model at T=1 (every prefix
+at least as likely as the least likely one kept, so it is deep where the story is nearly
+determined and bushy where it branches). The page's JavaScript applies temperature / top-k /
 top-p / min-p to those numbers itself and samples continuations by walking the tree. A
 sample that picks a character whose prefix was not precomputed stops there, marked "…";
-the page says how likely that is at the current settings (`coverage`).
+the page says how many characters a sample stays inside the tree on average
+(`expected_chars`). To fit more nodes in the file, each log-probability is one byte
+(square-root steps: fine for likely characters, coarse for the junk tail).
 
 `serve()` adds two endpoints on 127.0.0.1 so the same page can ask the real model about
 any prompt: GET /api/next?prompt=... (log-probabilities) and POST /api/generate (sampled
@@ -33,84 +36,117 @@ import torch
 import samplers
 from samplers import SamplerConfig
 from shared.errors import WorkbookError
+from shared.files import atomic_write_bytes
 from shared.model import KVCache
-from shared.results import atomic_write_bytes
 
 TEMPLATE = Path(__file__).with_name("dashboard_template.html")
-SCALE = 256  # log-probs are stored as int16(round(256 * log p)): 0.004 nats resolution, floor at -128 nats
+FLOOR_NATS = 24.0   # log-probs are stored as uint8(round(255 * sqrt(-log p / 24))), clipped at -24 nats
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--headless", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
 
 
 # ----------------------------------------------------------------------------- the continuation tree
-@torch.no_grad()
-def build_tree(model, tok, prompt: str, depth: int, beam: int, device, min_child_prob: float = 1e-3) -> dict:
-    """Breadth-first tree of continuations of `prompt`, `beam` prefixes per level.
+def quantize(logp: torch.Tensor) -> np.ndarray:
+    """One byte per log-probability, in square-root steps: ~0.001 nats near p = 1, 0.09 at -24 nats."""
+    return (255 * (-logp).clamp(0, FLOOR_NATS).div(FLOOR_NATS).sqrt()).round().to(torch.uint8).numpy()
 
-    Every level is one batched forward pass: the KV cache rows of the chosen parents are
+
+def dequantize(q: np.ndarray) -> torch.Tensor:
+    return -FLOOR_NATS * torch.from_numpy(q.astype(np.float32) / 255) ** 2
+
+
+@torch.no_grad()
+def grow(model, ids: torch.Tensor, min_logp: float, max_depth: int, width_cap: int) -> dict:
+    """Every continuation of `ids` whose probability is >= exp(min_logp), level by level.
+
+    Each level is one batched forward pass: the KV cache rows of the chosen parents are
     gathered (a parent with three kept children is copied three times) and each new row
-    feeds its one new character. Node 0 is the prompt itself; `parent[i]`/`token[i]` say
-    how node i extends its parent."""
-    model.eval()
-    ids = torch.tensor([tok.encode(prompt)], device=device)
+    feeds its one new character. Node 0 is the prompt itself."""
     dtype = next(model.parameters()).dtype
-    cache = KVCache(model.cfg, 1, ids.shape[1] + depth, device=device, dtype=dtype)
+    cache = KVCache(model.cfg, 1, ids.shape[1] + max_depth, device=ids.device, dtype=dtype)
     logp = model(ids, cache=cache)[:, -1].float().log_softmax(-1)
-    parent, token, level, rows = [-1], [-1], [0], [logp[0].cpu()]
-    frontier = torch.tensor([0])                 # node id of each cache row
-    path = torch.zeros(1, device=device)         # log p(prefix) of each cache row
-    for d in range(1, depth + 1):
-        score = (path[:, None] + logp).masked_fill(logp < math.log(min_child_prob), float("-inf"))
-        k = min(beam, int(score.isfinite().sum()))
-        if k == 0:
+    parent, token, depth, score, rows = [-1], [-1], [0], [0.0], [logp.cpu()]
+    frontier, path = torch.tensor([0]), torch.zeros(1, device=ids.device)
+    for d in range(1, max_depth + 1):
+        cand = (path[:, None] + logp).flatten()
+        keep = (cand >= min_logp).nonzero()[:, 0]
+        if len(keep) > width_cap:
+            keep = cand.topk(width_cap).indices
+        if len(keep) == 0:
             break
-        best = score.flatten().topk(k)
-        row_of, char_of = best.indices // logp.shape[1], best.indices % logp.shape[1]
+        row_of, char_of = keep // logp.shape[1], keep % logp.shape[1]
         cache.k, cache.v = cache.k.index_select(1, row_of), cache.v.index_select(1, row_of)
         logp = model(char_of[:, None], cache=cache)[:, -1].float().log_softmax(-1)
         first = len(parent)
         parent += frontier[row_of.cpu()].tolist()
         token += char_of.tolist()
-        level += [d] * k
+        depth += [d] * len(keep)
+        score += cand[keep].tolist()
         rows.append(logp.cpu())
-        frontier, path = torch.arange(first, first + k), best.values
-    logprobs = torch.cat([r.reshape(-1, logp.shape[1]) for r in rows])
-    quantized = (logprobs * SCALE).round().clamp(-32767, 0).to(torch.int16).numpy()
-    return {"prompt": prompt, "parent": parent, "token": token, "depth": level, "max_depth": depth,
-            "logprobs_q": quantized}
+        frontier, path = torch.arange(first, first + len(keep)), cand[keep]
+    return {"parent": parent, "token": token, "depth": depth, "score": score, "logprobs": torch.cat(rows)}
+
+
+def build_tree(model, tok, prompt: str, max_nodes: int, max_depth: int, device) -> dict:
+    """The `max_nodes` most probable continuations of `prompt` (T=1), as a tree.
+
+    Grow every prefix above a probability bar, lowering the bar until there are enough, then
+    keep the most probable `max_nodes`. A child is never more probable than its parent (and
+    has a larger id), so the kept nodes form a tree: the best tree of that size for samples
+    to stay in, at T=1."""
+    model.eval()
+    ids = torch.tensor([tok.encode(prompt)], device=device)
+    max_depth = min(max_depth, model.cfg.block_size - ids.shape[1])
+    bar = 4.0 / max_nodes
+    while True:
+        grown = grow(model, ids, math.log(bar), max_depth, width_cap=max_nodes)
+        if len(grown["parent"]) >= max_nodes or bar < 1e-9:
+            break
+        bar /= 2
+    n = len(grown["parent"])
+    kept = sorted(sorted(range(n), key=lambda i: (-grown["score"][i], i))[:max_nodes])
+    new_id = {old: new for new, old in enumerate(kept)}
+    return {"prompt": prompt, "parent": [new_id.get(grown["parent"][i], -1) for i in kept],
+            "token": [grown["token"][i] for i in kept], "depth": [grown["depth"][i] for i in kept],
+            "max_depth": max_depth, "logprobs_q": quantize(grown["logprobs"][kept])}
 
 
 def tree_logits(tree: dict) -> torch.Tensor:
     """(nodes, vocab) log-probabilities exactly as the page decodes them."""
-    return torch.from_numpy(tree["logprobs_q"].astype(np.float32) / SCALE)
+    return dequantize(tree["logprobs_q"])
 
 
-def coverage(tree: dict, rule: SamplerConfig, node: int = 0) -> float:
-    """P(a continuation sampled with `rule` from `node` stays inside the tree down to its
-    last level). Children always have larger ids than parents, so one backward pass works:
-    stay(n) = sum over n's children c of q_n(c) * stay(c), and stay = 1 on the last level."""
+def expected_chars(tree: dict, rule: SamplerConfig, node: int = 0) -> float:
+    """How many characters a continuation sampled with `rule` from `node` stays inside the
+    tree, on average: the sum over the nodes below `node` of the chance of reaching them.
+    Children have larger ids than parents, so one forward pass fills in every chance."""
     q = samplers.sampling_probs(tree_logits(tree), rule).numpy().astype(np.float64)
-    last = max(tree["depth"])
-    stay = np.array([1.0 if d == last else 0.0 for d in tree["depth"]])
-    for c in range(len(stay) - 1, 0, -1):
+    reach = np.zeros(len(tree["parent"]))
+    reach[node] = 1.0
+    for c in range(node + 1, len(reach)):
         par = tree["parent"][c]
-        stay[par] += q[par, tree["token"][c]] * stay[c]
-    return float(stay[node])
+        reach[c] = reach[par] * q[par, tree["token"][c]]
+    return float(reach[node + 1:].sum())
 
 
 # ----------------------------------------------------------------------------- the page
 def page(trees: list[dict], prompts: list[tuple[str, str]], tok, model_info: dict, live: bool) -> str:
     """The dashboard HTML with every number it needs inlined (no network, no server needed)."""
     data = {
-        "live": live, "model": model_info, "scale": SCALE,
+        "live": live, "model": model_info, "floor_nats": FLOOR_NATS,
         "chars": [tok.token_str(i) for i in range(tok.vocab_size)],
-        "prompts": [{"label": label, "text": t["prompt"], "parent": t["parent"], "token": t["token"],
-                     "depth": t["depth"], "max_depth": t["max_depth"],
-                     "logprobs_b64": base64.b64encode(t["logprobs_q"].astype("<i2").tobytes()).decode()}
+        "prompts": [{"label": label, "text": t["prompt"], "max_depth": t["max_depth"],
+                     "parent_b64": b64(np.array(t["parent"][1:], dtype="<u2")),   # node 0 is the root
+                     "token_b64": b64(np.array(t["token"][1:], dtype=np.uint8)),
+                     "logprobs_b64": b64(t["logprobs_q"])}
                     for (label, _), t in zip(prompts, trees)],
     }
     blob = json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")  # never closes the <script>
     return TEMPLATE.read_text().replace("__DATA__", blob)
+
+
+def b64(array: np.ndarray) -> str:
+    return base64.b64encode(array.tobytes()).decode()
 
 
 def write(html: str, path: Path) -> Path:
