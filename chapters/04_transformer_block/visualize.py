@@ -66,7 +66,7 @@ def block_diagram():
     cut(ax, (3.2, ys), "no residual: x = f(norm(x))", dx=0.0, dy=-0.45)
     cut(ax, (n2.x, n2.y + 0.25), "no LayerNorm (every Norm)", dx=0.3, dy=0.95)
     cut(ax, (8.75, ys), "remove this whole block\n(layer by layer)", dx=-0.35, dy=-0.55)
-    ax.text(9.4, 4.4, "one pre-norm block; red crosses = where each break cuts", ha="right", va="top",
+    ax.text(9.4, 4.4, "one pre-norm block; crosses = where each break cuts", ha="right", va="top",
             fontsize=diagrams.FONT + 1, fontweight="bold")
     return fig
 

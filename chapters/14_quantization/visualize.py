@@ -54,7 +54,7 @@ def quantization_diagram():
         _cells(ax, x0, y_w, ws, lambda v: f"{v:+.2f}", blue, highlight=mark)
         diagrams.frame(ax, (x0 - 0.08, y_w - 0.28, x0 + 2.08, y_w + 0.58), f"group {k + 1}")
         s, z = float(qt.scale[0, k]), int(qt.zero[0, k])
-        diagrams.box(ax, (x0 + 1.0, y_s), 3.6, 0.42, f"scale = ({max(ws):+.2f} − ({min(ws):+.2f})) / 15 = {s:.3f},"
+        diagrams.box(ax, (x0 + 1.0, y_s), 3.9, 0.42, f"scale = ({max(ws):+.2f} − ({min(ws):+.2f})) / 15 = {s:.3f},"
                      f"  zero = {z}", color=diagrams.NEUTRAL_EDGE)
         diagrams.arrow(ax, (x0 + 1.0, y_w - 0.28), (x0 + 1.0, y_s + 0.21))
         diagrams.arrow(ax, (x0 + 1.0, y_s - 0.21), (x0 + 1.0, y_q + 0.18), label="q = round(w / scale) + zero",
