@@ -59,7 +59,15 @@ from shared.evaluate import story_loss
 from shared.model import GPT, GPTConfig
 from shared.results import save_json
 from shared.tokenizer import CharTokenizer
-from shared.train import TrainConfig, estimate_seconds, make_optimizer, optimizer_step, summary_writer, train
+from shared.train import (
+    TrainConfig,
+    estimate_seconds,
+    make_optimizer,
+    model_flops_utilization,
+    optimizer_step,
+    summary_writer,
+    train,
+)
 
 CHAPTER = "13_scaling"
 HERE = Path(__file__).resolve().parent
@@ -202,12 +210,13 @@ def train_one(size, steps: int, cfg: Config, data: TokenData, tok, stories, devi
     n = model.num_params(non_embedding=True)
     fpt = model.flops_per_token(cfg.seq_len)
     tok_s = trained * cfg.tokens_per_step() / compute
+    util = model_flops_utilization(tok_s * fpt, peak_flops, device)   # never above 100% on a busy machine
     return {"size": list(size), "n_layer": size[0], "d_model": size[1], "n_head": size[2],
             "params": n, "params_total": model.num_params(), "flops_per_token": fpt,
             "steps": steps, "tokens": steps * cfg.tokens_per_step(), "steps_trained": trained,
             "flops_6ND": 6 * n * steps * cfg.tokens_per_step(), "curve": curve,
             "final_loss": curve[-1]["loss"], "wall_s": wall, "compute_s": compute, "tokens_per_s": tok_s,
-            "mfu": tok_s * fpt / peak_flops, "peak_flops": peak_flops,
+            "mfu": util["mfu"], "peak_flops": util["peak_flops"], "peak_flops_probes": util["peak_flops_probes"],
             "peak_memory_bytes": mem.bytes, "peak_memory_kind": mem.kind}
 
 
