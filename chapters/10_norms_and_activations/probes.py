@@ -27,6 +27,14 @@ def sig(x: float, digits: int = 4) -> float:
     return float(f"{x:.{digits}g}")
 
 
+def excess_kurtosis(t: torch.Tensor) -> float:
+    """E[(x - mean)^4] / var^2 - 3 over every element: how heavy the tails are (normal: 0)."""
+    x = t.double().flatten()
+    centred = x - x.mean()
+    var = centred.pow(2).mean()
+    return (centred.pow(4).mean() / var.pow(2) - 3).item() if var > 0 else 0.0
+
+
 class Probe:
     def __init__(self, model: GPT, sample_batch: torch.Tensor, seed: int = 0):
         self.model, self.batch = model, sample_batch
@@ -98,6 +106,8 @@ class Probe:
                 "resid_rms": sig(resid.pow(2).mean().sqrt().item()),
                 "resid_mean_over_rms": sig((resid.mean(-1).abs() / resid.pow(2).mean(-1).sqrt()).mean().item()),
                 "hidden_std": sig(hidden.std().item()),
+                # excess kurtosis: 0 for a normal distribution, larger for heavier tails
+                "hidden_kurtosis": sig(excess_kurtosis(hidden)),
                 "hidden_frac_negative": sig((hidden < 0).float().mean().item()),
                 "hidden_frac_zero": sig((hidden == 0).float().mean().item()),
                 # a hidden unit is dead if it is exactly zero for every token of the batch
