@@ -10,6 +10,7 @@ This file writes that out on top of the weights of a `shared.model.GPT` (Llama-s
 pre-norm), so every line of the cache logic is visible:
 
     FullCache     every row ever computed, preallocated, one row appended per step
+                  (quantized_kvcache.QuantizedCache stores the same rows in 8 or 4 bits)
     RollingCache  a fixed ring of W rows for a sliding-window model (Mistral's rolling buffer);
                   with n_sink > 0 the first rows are pinned (StreamingLLM's attention sinks)
     forward       one pass through the model, with or without a cache
@@ -53,13 +54,21 @@ class FullCache:
         if self.length + t > self.max_len:
             raise WorkbookError(f"cache full: {self.length}+{t} tokens > max_len={self.max_len}")
         end = self.length + t
-        self.k[layer][:, :, self.length:end] = k
-        self.v[layer][:, :, self.length:end] = v
+        self.write(layer, slice(self.length, end), k, v)
+        keys, values = self.read(layer, end)
         if t == 1 and self.window is None:   # one newest query sees every stored key: nothing to mask
-            return self.k[layer][:, :, :end], self.v[layer][:, :, :end], None
+            return keys, values, None
         queries = torch.arange(self.length, end, device=k.device)
-        keys = torch.arange(end, device=k.device)
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end], visible(queries, keys, self.window)
+        return keys, values, visible(queries, torch.arange(end, device=k.device), self.window)
+
+    def write(self, layer: int, rows: slice, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store this step's rows (a quantized cache overrides this and `read`)."""
+        self.k[layer][:, :, rows] = k
+        self.v[layer][:, :, rows] = v
+
+    def read(self, layer: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every stored key and value of `layer`, rows 0..end-1 (views: nothing is copied)."""
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
     def advance(self, t: int) -> None:
         self.length += t
@@ -71,6 +80,12 @@ class FullCache:
     @property
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.k + self.v)
+
+
+def check_ring(size: int, n_sink: int) -> None:
+    """A ring needs at least one rolling row besides its sinks."""
+    if not 0 <= n_sink < size:
+        raise WorkbookError(f"the rolling cache needs 0 <= sinks < cache size, got sinks={n_sink}, size={size}")
 
 
 class RollingCache:
@@ -90,8 +105,7 @@ class RollingCache:
 
     def __init__(self, cfg: GPTConfig, batch: int, size: int, n_sink: int = 0, sink_positions: str = "cache",
                  device="cpu", dtype=torch.float32):
-        if not 0 <= n_sink < size:
-            raise WorkbookError(f"need 0 <= n_sink < size, got n_sink={n_sink}, size={size}")
+        check_ring(size, n_sink)
         if sink_positions not in ("cache", "text"):
             raise WorkbookError(f"sink_positions={sink_positions!r}; choose 'cache' or 'text'")
         shape = (batch, cfg.n_kv_head, size, cfg.head_dim)
