@@ -24,8 +24,9 @@ import torch
 import triton
 import triton.language as tl
 
-LOG2_E = 1.4426950408889634   # exp(x) == exp2(x * log2(e)); exp2 is the GPU's native instruction
-LN_2 = 0.6931471805599453
+LOG2_E = tl.constexpr(1.4426950408889634)   # exp(x) == exp2(x * log2(e)); exp2 is the native instruction.
+# (a kernel may read a global only when it is a tl.constexpr: Triton 3.6 refuses a plain float)
+LN_2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
