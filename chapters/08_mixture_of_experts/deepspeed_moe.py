@@ -40,7 +40,7 @@ def load_deepspeed():
     ds = stacks.require("deepspeed")  # sets DS_ACCELERATOR=cpu when there is no GPU
     try:
         init_single_process()
-    except Exception as e:  # gloo can fail on odd network setups; the chapter then skips DeepSpeed
+    except (RuntimeError, OSError) as e:  # gloo cannot open a local port (odd network setups): skip DeepSpeed
         raise StackMissing("deepspeed", f"cannot start a one-process gloo group: {type(e).__name__}: {e}",
                            "a machine where 127.0.0.1 TCP ports can be opened") from e
     return ds

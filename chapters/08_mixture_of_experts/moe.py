@@ -15,9 +15,17 @@ The pieces, each a small function so the tests can check it on numbers worked ou
 
 Parameter names match `shared.model.MoE` (router, experts.i.up_proj, ...), so the two load
 each other's weights and give the same output when capacity is unlimited.
+
+    moe_gpt(cfg, settings)                  every block's MLP is a MoELayer
+    moe_gpt(cfg, settings, dense_layers=1)  the hybrid: the first block keeps a dense MLP
+                                            (k x expert width: the same work per token)
+
+Left out: expert parallelism (experts on other devices, tokens moved by all-to-all; see
+deepspeed_moe.py), grouped GEMMs, and noisy or learned-bias routing.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -36,6 +44,7 @@ class MoESettings:
     capacity_factor: float | None = None  # None: unlimited, no token is ever dropped
     aux_weight: float = 0.01              # load-balancing loss weight (Switch uses 0.01)
     z_weight: float = 0.0                 # router z-loss weight (ST-MoE uses 0.001)
+    renormalise: bool = True              # mix with top-k probs rescaled to sum to 1 (Mixtral) or raw (Switch)
 
     def __post_init__(self):
         if self.capacity_factor is not None and self.capacity_factor <= 0:
@@ -45,16 +54,18 @@ class MoESettings:
 
 
 # ----------------------------------------------------------------------------- gating
-def route(logits: torch.Tensor, k: int):
-    """(N, E) router logits -> probs (N, E), top_p (N, k) renormalised, top_i (N, k) expert ids.
+def route(logits: torch.Tensor, k: int, renormalise: bool = True):
+    """(N, E) router logits -> probs (N, E), top_p (N, k) mixing weights, top_i (N, k) expert ids.
 
     Renormalising makes the k mixing weights sum to 1, so the layer's output has the same
-    scale whatever k is (Mixtral does this; Switch with k=1 does not, see the README)."""
+    scale whatever k is (Mixtral does this). Switch (k=1) mixes with the raw probability
+    instead: renormalised, a lone weight is always 1 and the router would get no gradient
+    from the language-model loss."""
     if not 1 <= k <= logits.shape[-1]:
         raise WorkbookError(f"top_k={k} must be between 1 and the number of experts ({logits.shape[-1]})")
     probs = logits.float().softmax(dim=-1)
     top_p, top_i = probs.topk(k, dim=-1)
-    return probs, top_p / top_p.sum(dim=-1, keepdim=True), top_i
+    return probs, (top_p / top_p.sum(dim=-1, keepdim=True) if renormalise else top_p), top_i
 
 
 def expert_capacity(n_tokens: int, n_experts: int, k: int, capacity_factor: float | None) -> int:
@@ -100,6 +111,24 @@ def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
     return logits.float().logsumexp(dim=-1).pow(2).mean()
 
 
+# The README's worked example: four tokens, four experts, numbers chosen so the arithmetic shows.
+WORKED_LOGITS = [[2.0, 1.0, 0.0, -1.0],     # expert 0 then 1
+                 [2.0, 0.0, 1.0, -1.0],     # expert 0 then 2
+                 [2.0, 1.5, 0.0, 0.0],      # expert 0 then 1: but expert 0 is full by now
+                 [0.0, 0.5, 1.0, 3.0]]      # expert 3 then 2
+
+
+def worked_example(k: int = 2, capacity_factor: float = 1.0) -> dict:
+    """Every step of the layer on WORKED_LOGITS: probabilities, top-k, capacity, kept pairs, losses."""
+    logits = torch.tensor(WORKED_LOGITS)
+    probs, top_p, top_i = route(logits, k)
+    cap = expert_capacity(len(logits), logits.shape[1], k, capacity_factor)
+    keep = capacity_keep_mask(top_i, logits.shape[1], cap)
+    return {"logits": logits.tolist(), "probs": probs.tolist(), "top_i": top_i.tolist(), "top_p": top_p.tolist(),
+            "capacity_factor": capacity_factor, "capacity": cap, "keep": keep.tolist(),
+            "balance_loss": load_balancing_loss(probs, top_i).item(), "z_loss": router_z_loss(logits).item()}
+
+
 # ----------------------------------------------------------------------------- the layer
 class MoELayer(nn.Module):
     """Top-k routed experts with a capacity limit; a drop-in replacement for a block's MLP.
@@ -122,7 +151,7 @@ class MoELayer(nn.Module):
         s = self.settings
         flat = rearrange(x, "b t d -> (b t) d")
         logits = self.router(flat)
-        probs, top_p, top_i = route(logits, self.top_k)
+        probs, top_p, top_i = route(logits, self.top_k, s.renormalise)
         capacity = expert_capacity(len(flat), self.n_experts, self.top_k, s.capacity_factor)
         keep = capacity_keep_mask(top_i, self.n_experts, capacity)
 
@@ -140,17 +169,27 @@ class MoELayer(nn.Module):
         return rearrange(out, "(b t) d -> b t d", b=x.shape[0])
 
 
-def moe_gpt(cfg: GPTConfig, settings: MoESettings) -> GPT:
-    """A shared GPT whose every block.mlp is our MoELayer.
+def moe_gpt(cfg: GPTConfig, settings: MoESettings, dense_layers: int = 0) -> GPT:
+    """A shared GPT whose block MLPs are our MoELayer, except the first `dense_layers` blocks,
+    which keep a dense MLP `expert_top_k * d_ff` wide: the same feed-forward work per token as
+    the k experts a token visits (DeepSeek-V3 keeps its first 3 layers dense this way).
 
     Built as the shared MoE GPT first (so the weights get the shared init), then each
     block's MoE is swapped for ours with the very same weights. The layers own their loss
     weights, so the GPT's moe_aux_weight is set to 1: loss = CE + sum of layer.aux_loss."""
     if cfg.n_experts < 1:
         raise WorkbookError("moe_gpt needs GPTConfig(n_experts >= 1)")
+    if not 0 <= dense_layers < cfg.n_layer:
+        raise WorkbookError(f"dense_layers={dense_layers} must leave at least one of {cfg.n_layer} layers MoE")
     cfg = GPTConfig(**{**cfg.to_dict(), "moe_aux_weight": 1.0})
     model = GPT(cfg)
-    for block in model.blocks:
+    dense_cfg = GPTConfig(**{**cfg.to_dict(), "d_ff": cfg.expert_top_k * cfg.d_ff, "n_experts": 0})
+    for i, block in enumerate(model.blocks):
+        if i < dense_layers:
+            block.mlp = MLP(dense_cfg)
+            block.mlp.apply(GPT._init_weights)   # the shared init, as GPT(dense_cfg) would give
+            nn.init.normal_(block.mlp.down_proj.weight, std=0.02 / math.sqrt(2 * cfg.n_layer))
+            continue
         ours = MoELayer(cfg, settings)
         ours.load_state_dict(block.mlp.state_dict())
         block.mlp = ours
@@ -163,4 +202,4 @@ def moe_layers(model: nn.Module) -> list[MoELayer]:
 
 def set_capacity(model: nn.Module, capacity_factor: float | None) -> None:
     for layer in moe_layers(model):
-        layer.settings = MoESettings(capacity_factor, layer.settings.aux_weight, layer.settings.z_weight)
+        layer.settings = dataclasses.replace(layer.settings, capacity_factor=capacity_factor)
