@@ -1,6 +1,6 @@
-"""Chapter 11 · Pretraining objectives: the three masks exactly, BERT's 80/10/10 corruption,
-the mask-taking model against the shared causal GPT, Poincaré distance properties, the
-Bayes-optimal fill-in oracle, and the scripts end to end."""
+"""Chapter 11 · Pretraining objectives: the three masks exactly, BERT's 80/10/10 corruption and
+its masking rate, the mask-taking model against the shared causal GPT, Poincaré distance
+properties, the Bayes-optimal fill-in oracle, and the scripts end to end."""
 import math
 
 import torch
@@ -8,12 +8,12 @@ import torch
 from shared.corpus import HundredAcreWood
 from shared.model import GPT, GPTConfig
 
-from workbook_testing import load_chapter_module, results_of, run_quick, run_script
+from workbook_testing import assert_exit_2, load_chapter_module, results_of, run_quick, run_script
 
 CH = "11_pretraining_objectives"
-obj = load_chapter_module(CH, "objectives")
+obj = load_chapter_module(CH, "lm_objectives")
+fair = load_chapter_module(CH, "fair_tests")
 hyp = load_chapter_module(CH, "hyperbolic")
-main = load_chapter_module(CH, "main")
 
 
 # ----------------------------------------------------------------------------- masks
@@ -94,6 +94,28 @@ def test_bert_80_10_10_on_a_large_sample():
     assert torch.equal(how == 1, masked)
 
 
+def test_masking_rate_sets_the_share_of_scored_tokens():
+    x = torch.randint(0, 50, (200, 100), generator=torch.Generator().manual_seed(4))
+    for rate in (0.15, 0.5):
+        inputs, mask, targets = obj.objective_batch("mlm", x, x, 99, 50, torch.Generator().manual_seed(5), rate)
+        assert abs((targets != -100).float().mean().item() - rate) < 0.01, rate
+        assert mask.all()                                  # the masked LM reads both ways
+        assert abs((inputs == 99).float().mean().item() - 0.8 * rate) < 0.01, rate
+
+
+def test_blanks_skip_stories_longer_than_max_len():
+    wood = HundredAcreWood()
+    tok = obj.WordTokenizer.from_text(wood.text(50_000))
+    stories = wood.stories(60, seed=2)
+    lengths = sorted(len(tok.split("\n" + st.text)) for st in stories)
+    cut = lengths[len(lengths) // 2]                        # about half the stories are longer
+    blanks = fair.make_blanks(stories, tok, seed=0, max_len=cut)
+    assert 0 < len(blanks) < len(fair.make_blanks(stories, tok, seed=0, max_len=10_000))
+    assert all(len(b["pieces"]) <= cut for b in blanks)
+    for b in blanks:                                       # the answer is among its category's candidates
+        assert b["answer"] in b["candidates"] and b["where"] in ("opening", "middle", "ending")
+
+
 def test_word_tokenizer_round_trips_the_corpus():
     text = HundredAcreWood().text(5000, seed=4)
     tok = obj.WordTokenizer.from_text(text)
@@ -113,9 +135,9 @@ def test_oracle_knows_the_ending_repeats_the_opening():
     if " " + hero not in cands:
         cands[0] = " " + hero
     blank = {"pieces": pieces, "pos": pos, "answer": " " + hero, "candidates": cands}
-    assert main.oracle_accuracy(blank, wood) == 1.0
+    assert fair.oracle_accuracy(blank, wood) == 1.0
     wrong = dict(blank, answer=next(c for c in cands if c != " " + hero))
-    assert main.oracle_accuracy(wrong, wood) == 0.0
+    assert fair.oracle_accuracy(wrong, wood) == 0.0
 
 
 class _Favours(torch.nn.Module):
@@ -144,7 +166,7 @@ def test_candidate_scoring_reads_the_blank_position_for_every_objective():
     for objective in ("mlm", "clm", "prefix"):
         # the MLM reads the blank's own position; causal scorers read the position before it
         stub = _Favours(tok.vocab_size, tok.stoi[" Piglet"], pos if objective == "mlm" else pos - 1)
-        scores = main.candidate_scores(stub, objective, blank, tok, "cpu")
+        scores = fair.candidate_scores(stub, objective, blank, tok, "cpu")
         assert cands[int(scores.argmax())] == " Piglet", objective
         mask = stub.masks[-1]
         expected = {"mlm": obj.bidirectional_mask(mask.shape[-1]), "clm": obj.causal_mask(mask.shape[-1]),
@@ -214,19 +236,23 @@ def test_main_quick_end_to_end(tmp_path):
     assert set(res["histories"]) == {"mlm", "clm", "prefix"}
     assert {row["geometry"] for row in res["hyperbolic"]["table"]} == {"poincare", "euclidean"}
     assert len(res["concepts"]["table"]) == 3
+    # the ablation's 15% row is the main masked LM scored on the same blanks: the same accuracy
+    ablation = {row["mask_rate"]: row for row in res["mask_rate_ablation"]}
+    assert set(ablation) == {0.15, 0.3, 0.5}
+    assert math.isclose(ablation[0.15]["fill_all"], rows["all"]["mlm"], rel_tol=1e-9)
+    assert all(row["loss_at_0.15"] > 0 for row in ablation.values())
     plots = {p.name for p in (tmp_path / "plots" / CH).glob("*.png")}
-    assert {"masks.png", "loss_curves.png", "fill_in_the_blank.png", "suffix_loss.png",
-            "poincare_disk.png", "large_concept_model.png"} <= plots
+    expected = {"objective_masks.png", "loss_curves.png", "fill_in_the_blank.png", "suffix_loss.png", "mask_rate.png",
+                "poincare_disk.png", "large_concept_model.png"}
+    assert plots == expected
 
     for p in (tmp_path / "plots" / CH).glob("*.png"):
         p.unlink()
     v = run_script(CH, "visualize.py", "--quick", "--out", tmp_path)
     assert v.returncode == 0, v.stderr[-2000:]
-    assert len(list((tmp_path / "plots" / CH).glob("*.png"))) == 6
+    assert {p.name for p in (tmp_path / "plots" / CH).glob("*.png")} == expected
 
 
 def test_bad_input_is_one_error_line(tmp_path):
-    r = run_script(CH, "main.py", "--quick", "--steps", "0", "--out", tmp_path)
-    assert r.returncode == 2
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:")
+    assert_exit_2(CH, "main.py", ["--quick", "--steps", "0"], "--steps", tmp_path)
+    assert_exit_2(CH, "main.py", ["--quick", "--mask-rates", "0.15,1.5"], "--mask-rates", tmp_path)

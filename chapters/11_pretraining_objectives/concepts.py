@@ -1,4 +1,4 @@
-"""Extra (issue 9) · A toy Large Concept Model (after Meta's LCM, 2024): model a story as a
+"""Extra · A toy Large Concept Model (after Meta's LCM, 2024): model a story as a
 sequence of *sentence embeddings* instead of tokens.
 
 1. A sentence autoencoder: an MLP reads a sentence's word slots into one fixed-size unit
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from tqdm.auto import tqdm
 
-from objectives import WordTokenizer, causal_mask, masked_blocks
+from lm_objectives import WordTokenizer, causal_mask, masked_blocks
 from shared.corpus import HundredAcreWood
 from shared.model import GPTConfig
 from shared.train import TrainConfig, lr_at, make_optimizer
@@ -167,18 +167,20 @@ def score(preds: list[str], truths: list[str], prefixes: list[list[str]], ending
             "possible here": sum(possible) / len(preds)}
 
 
-def run_lcm(run, wood: HundredAcreWood, clm_model, tok: WordTokenizer, device) -> dict:
-    seed = run.seed
-    train_stories = wood.stories(run.pick(200, 3000, 20000), seed=seed + 77)
+def run_lcm(wood: HundredAcreWood, clm_model, tok: WordTokenizer, device, seed: int, n_train_stories: int,
+            ae_steps: int, n_held_stories: int, lm_steps: int) -> dict:
+    """Train the sentence autoencoder and the concept LM, then predict every next sentence of the
+    held-out stories three ways (decoded concept, nearest real sentence, the word-level causal LM)."""
+    train_stories = wood.stories(n_train_stories, seed=seed + 77)
     sentences = [s.text for st in train_stories for s in st.sentences]
     stok = WordTokenizer.from_text("\n".join(wood.by_text))      # every sentence the grammar has
     max_len = 1 + max(len(stok.encode(t)) for t in wood.by_text)  # + at least one end token
     torch.manual_seed(seed)
     ae = SentenceAutoencoder(stok.vocab_size, max_len)
-    ae_losses = train_autoencoder(ae, sentences, stok, run.pick(60, 400, 3000), 128, seed)
+    ae_losses = train_autoencoder(ae, sentences, stok, ae_steps, 128, seed)
     ae.eval()
 
-    held = [st for st in wood.stories(run.pick(15, 60, 1000), seed=seed + 78) if len(st.sentences) <= 16]
+    held = [st for st in wood.stories(n_held_stories, seed=seed + 78) if len(st.sentences) <= 16]
     held_sent = list(dict.fromkeys(s.text for st in held for s in st.sentences))
     end = stok.stoi["\n"]
     recon = [stok.decode(r) for r in ae.greedy(embed(ae, held_sent, stok), end)]
@@ -188,7 +190,7 @@ def run_lcm(run, wood: HundredAcreWood, clm_model, tok: WordTokenizer, device) -
     d_concept = story_z[0].shape[-1]
     lm_cfg = GPTConfig(vocab_size=1, block_size=16, n_layer=2, n_head=4, d_model=64, pos="learned")
     lm = ConceptLM(d_concept, lm_cfg)
-    lm_losses = train_concept_lm(lm, story_z, run.pick(40, 500, 3000), 32, seed)
+    lm_losses = train_concept_lm(lm, story_z, lm_steps, 32, seed)
     lm.eval()
 
     # every next-sentence position of every held-out story: given sentences 1..k, predict k+1
@@ -212,10 +214,13 @@ def run_lcm(run, wood: HundredAcreWood, clm_model, tok: WordTokenizer, device) -
                                                                         leave=False, dynamic_ncols=True)]
     clm_model.to(device)
     true_z = embed(ae, truths, stok)
-    table = [{"predictor": "LCM: predicted concept → decoder", **score(decoded, truths, prefixes, endings, is_ending, wood),
+    def scored(preds):
+        return score(preds, truths, prefixes, endings, is_ending, wood)
+
+    table = [{"predictor": "LCM: predicted concept → decoder", **scored(decoded),
               "cosine to true concept": float((pred_z * true_z).sum(-1).mean())},
-             {"predictor": "LCM: nearest real sentence", **score(snapped, truths, prefixes, endings, is_ending, wood)},
-             {"predictor": "word-level causal LM (greedy)", **score(clm_clm, truths, prefixes, endings, is_ending, wood)}]
+             {"predictor": "LCM: nearest real sentence", **scored(snapped)},
+             {"predictor": "word-level causal LM (greedy)", **scored(clm_clm)}]
     examples = [{"prefix": prefixes[i], "truth": truths[i], "lcm": decoded[i], "lcm_nearest": snapped[i],
                  "clm": clm_clm[i]} for i in range(min(6, len(truths)))]
     for row in table:

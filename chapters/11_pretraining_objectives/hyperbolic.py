@@ -1,4 +1,4 @@
-"""Extra (issue 9) · Poincaré embeddings (Nickel & Kiela 2017) of the wood's hierarchy:
+"""Extra · Poincaré embeddings (Nickel & Kiela 2017) of the wood's hierarchy:
 Hundred Acre Wood → homes → characters → favourite things.
 
 A tree's number of nodes grows exponentially with depth; so does the area of a hyperbolic
@@ -136,14 +136,14 @@ def distortion(d: torch.Tensor, tree_d: torch.Tensor) -> float:
     return min(errs)
 
 
-def run_poincare(run, wood) -> dict:
+def run_poincare(wood, epochs: int, seed: int) -> dict:
+    """The same tree in the Poincaré ball and in Euclidean space, 2-D and 5-D: MAP and distortion."""
     nodes, pairs, tree_d, depth = tree(wood.hierarchy())
     rel = related_matrix(len(nodes), pairs)
-    epochs = run.pick(100, 600, 3000)
     rows, points = [], {}
     for dim, geometry in itertools.product((2, 5), ("poincare", "euclidean")):
         lr = 0.3 if geometry == "poincare" else 0.05
-        x = train_embedding(len(nodes), pairs, dim, geometry, epochs, lr, run.seed)
+        x = train_embedding(len(nodes), pairs, dim, geometry, epochs, lr, seed)
         dist = (poincare_distance if geometry == "poincare" else euclidean_distance)(x[:, None], x[None])
         rows.append({"geometry": geometry, "dim": dim, "mean average precision": mean_average_precision(dist, rel),
                      "distortion": distortion(dist, tree_d)})

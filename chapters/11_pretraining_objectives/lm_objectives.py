@@ -1,5 +1,6 @@
 """Three pretraining objectives on one transformer: the attention masks, BERT's 80/10/10
-corruption, the model that takes a mask, and one training step per objective.
+corruption, the model that takes a mask, one training batch per objective, and the training
+loop they share (same initial weights, same windows: only the mask and the targets differ).
 
     mask = causal_mask(T) | bidirectional_mask(T) | prefix_mask(T, prefix_len)  # True = may attend
     model = MaskedLM(GPTConfig(...))          # shared GPT weights, attention told which mask to use
@@ -15,9 +16,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from tqdm.auto import tqdm
 
+from shared import bench
+from shared.data import TokenData
 from shared.errors import WorkbookError
 from shared.model import GPT, Attention, GPTConfig
+from shared.train import TrainConfig, lr_at, make_optimizer
 
 OBJECTIVES = ("mlm", "clm", "prefix")
 MASK_TOKEN = "[MASK]"
@@ -169,16 +174,16 @@ class MaskedLM(GPT):
 
 # ----------------------------------------------------------------------------- one batch per objective
 def objective_batch(objective: str, x: torch.Tensor, y: torch.Tensor, mask_id: int, n_real: int,
-                    generator: torch.Generator):
+                    generator: torch.Generator, mask_rate: float = 0.15):
     """(inputs, mask, targets) for one training batch of windows x with next tokens y.
 
-    mlm:    corrupt 15% of x, bidirectional mask, predict the originals at those positions.
+    mlm:    corrupt `mask_rate` of x (BERT: 15%), bidirectional mask, predict the originals there.
     clm:    x as is, causal mask, predict y everywhere.
     prefix: a random split s per row; x[:s] is read both ways and not scored; position i >= s-1
             predicts y[i] (the first suffix token is predicted from the whole prefix)."""
     b, t = x.shape
     if objective == "mlm":
-        inputs, targets, _ = bert_corrupt(x, mask_id, n_real, generator)
+        inputs, targets, _ = bert_corrupt(x, mask_id, n_real, generator, p_select=mask_rate)
         return inputs, bidirectional_mask(t), targets
     if objective == "clm":
         return x, causal_mask(t), y
@@ -188,3 +193,64 @@ def objective_batch(objective: str, x: torch.Tensor, y: torch.Tensor, mask_id: i
         targets[torch.arange(t)[None, :] < (s[:, None] - 1)] = -100
         return x, prefix_mask(t, s), targets
     raise WorkbookError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+
+
+# ----------------------------------------------------------------------------- training
+def train_objective(objective: str, cfg: GPTConfig, data: TokenData, tok: WordTokenizer, tcfg: TrainConfig,
+                    device, seed: int, mask_rate: float = 0.15) -> tuple[MaskedLM, dict]:
+    """Same initial weights (seeded) and same windows (same data generator seed) for every
+    objective: only the mask and the choice of targets differ."""
+    torch.manual_seed(seed)
+    model = MaskedLM(cfg).to(device).train()
+    opt = make_optimizer(model, tcfg)
+    data_gen = torch.Generator().manual_seed(tcfg.seed)
+    corrupt_gen = torch.Generator().manual_seed(tcfg.seed + 1)
+    history = {"step": [], "train_loss": [], "val": []}
+    n_real = tok.vocab_size - 1  # random replacements are real tokens, never [MASK]
+    for step in tqdm(range(tcfg.steps), desc=f"train {objective}", leave=False, dynamic_ncols=True):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, tcfg)
+        x, y = data.get_batch("train", tcfg.batch_size, tcfg.seq_len, data_gen, aligned=True)
+        inputs, mask, targets = objective_batch(objective, x, y, tok.mask_id, n_real, corrupt_gen, mask_rate)
+        _, loss = model(inputs.to(device), mask, targets.to(device))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        history["step"].append(step + 1)
+        history["train_loss"].append(loss.item())
+        if (step + 1) % tcfg.eval_every == 0 or step + 1 == tcfg.steps:
+            history["val"].append({"step": step + 1,
+                                   "loss": val_loss(model, objective, data, tok, tcfg, device, mask_rate)})
+    return model.eval(), history
+
+
+@torch.no_grad()
+def val_loss(model, objective, data, tok, tcfg, device, mask_rate: float = 0.15) -> float:
+    """An objective's own loss on fixed validation windows (not comparable across objectives)."""
+    was = model.training
+    model.eval()
+    g, cg = torch.Generator().manual_seed(10_000), torch.Generator().manual_seed(10_001)
+    losses = []
+    for _ in range(tcfg.eval_batches):
+        x, y = data.get_batch("val", tcfg.batch_size, tcfg.seq_len, g, aligned=True)
+        inputs, mask, targets = objective_batch(objective, x, y, tok.mask_id, tok.vocab_size - 1, cg, mask_rate)
+        losses.append(model(inputs.to(device), mask, targets.to(device))[1].item())
+    model.train(was)
+    return sum(losses) / len(losses)
+
+
+def seconds_per_step(cfg: GPTConfig, data: TokenData, tok: WordTokenizer, tcfg: TrainConfig, device) -> float:
+    """Tiny models are bound by per-step overhead, not FLOPs: time two real steps on a throwaway model."""
+    model = MaskedLM(cfg).to(device).train()
+    opt = make_optimizer(model, tcfg)
+    g = torch.Generator().manual_seed(123)
+
+    def step():
+        x, y = data.get_batch("train", tcfg.batch_size, tcfg.seq_len, g, aligned=True)
+        inputs, mask, targets = objective_batch("clm", x, y, tok.mask_id, tok.vocab_size - 1, g)
+        model(inputs.to(device), mask, targets.to(device))[1].backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return bench.time_fn(step, device, warmup=1, repeat=2)
