@@ -512,6 +512,17 @@ def run_main(main: Callable[[], Any]) -> None:
         sys.exit(_report_exit(e))
 
 
+@contextmanager
+def results_format(path: Path) -> Iterator[None]:
+    """Drawing from a results file: a key it lacks means an older main.py wrote it, which is one
+    `error:` line asking for a re-run, not a KeyError traceback (visualize_main does this itself)."""
+    try:
+        yield
+    except KeyError as e:
+        raise WorkbookError(f"{path} does not hold what this visualize.py draws (KeyError: {e}); "
+                            "it was probably written by an older version: re-run main.py") from None
+
+
 def visualize_main(draw: Callable[[dict, Path, Path], Any], argv: list[str] | None = None) -> None:
     """The whole entry point of a chapter's visualize.py: find the results that main.py wrote
     with the same preset/--out flags, and redraw every plot from them. Any other flag of
@@ -532,11 +543,8 @@ def visualize_main(draw: Callable[[dict, Path, Path], Any], argv: list[str] | No
             paths.VISUALIZATIONS if preset == "default" else paths.VISUALIZATIONS / "runs" / preset)
         path = Path(out) / "results" / f"{chapter}.json"
         results = load_json(path)
-        try:
+        with results_format(path):
             draw(results, Path(out) / "plots" / chapter, Path(out) / "animations" / chapter)
-        except KeyError as e:
-            raise WorkbookError(f"{path} does not hold what this visualize.py draws ({type(e).__name__}: {e}); "
-                                "it was probably written by an older version: re-run main.py") from None
     except BaseException as e:
         code = _report_exit(e)
         if code is None:

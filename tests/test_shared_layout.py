@@ -296,3 +296,33 @@ def test_workbook_passes_threads_out_and_checkpoints_to_every_chapter(tmp_path):
     assert cmd[2:] == ["--quick", "--device", "cpu", "--seed", "3", "--threads", "1", "--out", str(tmp_path)]
     r = subprocess.run([sys.executable, "-m", "shared.workbook", "--seed", "-1"], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "a seed between" in r.stderr
+
+
+@pytest.mark.parametrize("chapter", ["12_finetuning", "13_scaling"])
+def test_older_chapters_visualize_old_results_in_one_line(tmp_path, chapter):
+    """A results file from an older version: one error line asking for a re-run, not a traceback."""
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / f"{chapter}.json").write_text('{"meta": {"preset": "quick"}}')
+    proc = subprocess.run([sys.executable, str(paths.chapter_dir(chapter) / "visualize.py"), "--quick",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "run main.py" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1
+
+
+def test_a_failed_checkpoint_save_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    """Checkpoints go through shared.files: a save that dies half-way leaves the previous file whole."""
+    from shared import checkpoint
+
+    model = GPT(GPTConfig(vocab_size=11, n_layer=1, n_head=2, d_model=8, block_size=8))
+    path = tmp_path / "m.safetensors"
+    checkpoint.save_model(model, path)
+    before = path.read_bytes()
+
+    def dies_half_way(tensors, filename, metadata=None):
+        open(filename, "wb").write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint, "save_file", dies_half_way)
+    with pytest.raises(OSError):
+        checkpoint.save_model(model, path)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]

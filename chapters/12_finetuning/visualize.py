@@ -317,7 +317,8 @@ def main(argv=None):
     p.add_argument("--kl-beta", type=float, default=0.1)
     p.add_argument("--extras", action="store_true", help=argparse_suppress())
     run = cli.setup(p, argv, header=False)
-    draw(run.results_path, run.plots_dir, run.animations_dir)
+    with cli.results_format(run.results_path):
+        draw(run.results_path, run.plots_dir, run.animations_dir)
 
 
 def argparse_suppress():

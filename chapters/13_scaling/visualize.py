@@ -9,6 +9,7 @@ import numpy as np
 
 import scaling_law as sl
 from shared import cli, plotting
+from shared.errors import WorkbookError
 
 CHAPTER = "13_scaling"
 
@@ -34,6 +35,9 @@ def draw(results_path: Path, plots_dir: Path, animations_dir: Path | None = None
             out.append(synthetic_vs_real(x["synthetic_vs_real"], plots_dir))
         if "noise" in x:
             out.append(noise(x["noise"], plots_dir))
+    if not out:
+        raise WorkbookError(f"nothing to draw: no results of any part of this chapter next to {results_path} "
+                            "(a scaling ladder, --distributed or --extras): run main.py with the same flags first")
     return out
 
 
@@ -310,4 +314,9 @@ if __name__ == "__main__":
     p = cli.parser(CHAPTER, __doc__)
     p.add_argument("--distributed", action="store_true", help="accepted for symmetry with main.py (plots draw from whatever results exist)")
     run = cli.setup(p, header=False)
-    draw(run.results_path, run.plots_dir, run.animations_dir)
+
+    def redraw():
+        with cli.results_format(run.results_path):
+            draw(run.results_path, run.plots_dir, run.animations_dir)
+
+    cli.run_main(redraw)
