@@ -17,10 +17,11 @@ from shared.corpus import Story
 
 @torch.no_grad()
 def story_nats(model, tokenizer, stories: list[Story], device="cpu", batch_size: int = 32,
-               max_len: int | None = None) -> tuple[torch.Tensor, list[int]]:
+               max_len: int | None = None, logits_fn=None) -> tuple[torch.Tensor, list[int]]:
     """The model's summed nats on each story that fits its context (float64, one per kept
     story), and the indices of those stories. Per-story numbers let two models be compared
-    story by story (a paired comparison); `story_loss` sums them."""
+    story by story (a paired comparison); `story_loss` sums them. `logits_fn(x)` replaces
+    `model(x)` for a batch of padded ids, e.g. to read keys and values through a special cache."""
     model.eval()
     max_len = max_len or model.cfg.block_size
     seqs, kept = [], []
@@ -38,7 +39,7 @@ def story_nats(model, tokenizer, stories: list[Story], device="cpu", batch_size:
         for r, s in enumerate(chunk):
             x[r, :len(s) - 1] = torch.tensor(s[:-1])
             y[r, :len(s) - 1] = torch.tensor(s[1:])
-        logits = model(x.to(device)).float()
+        logits = (logits_fn or model)(x.to(device)).float()
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y.to(device), ignore_index=-100,
                                                 reduction="none")
         nats.append(nll.sum(dim=1).double().cpu())

@@ -24,10 +24,10 @@ on every step in plain PyTorch, which costs time; the chapter measures how much.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from kvcache import FullCache, forward
 from shared.errors import WorkbookError
+from shared.evaluate import story_nats
 from shared.model import GPT, GPTConfig
 
 QMAX = {8: 127, 4: 7}          # symmetric: -qmax..qmax, so 0.0 is stored exactly
@@ -127,28 +127,12 @@ def logits_through_cache(model: GPT, ids: torch.Tensor, bits: int, n_prefill: in
     return torch.cat(out, dim=1)[0].float()
 
 
-@torch.no_grad()
 def story_nats_through_cache(model: GPT, tokenizer, stories: list, bits: int, device="cpu",
                              batch_size: int = 32) -> tuple[torch.Tensor, list[int]]:
-    """Like shared.evaluate.story_nats, but every prediction reads its keys and values from a
-    cache of `bits` bits. One chunked pass per batch is enough: a row's codes depend on that row
-    alone, so the chunk's queries see exactly what token-by-token decoding would see."""
-    seqs, kept = [], []
-    for i, story in enumerate(stories):
-        ids = tokenizer.encode("\n" + story.text)       # the newline is context, the story is scored
-        if len(ids) <= model.cfg.block_size + 1:
-            seqs.append(ids)
-            kept.append(i)
-    nats = []
-    for i in range(0, len(seqs), batch_size):
-        chunk = seqs[i:i + batch_size]
-        width = max(len(s) for s in chunk) - 1
-        x = torch.zeros(len(chunk), width, dtype=torch.long)
-        y = torch.full((len(chunk), width), -100, dtype=torch.long)
-        for r, s in enumerate(chunk):
-            x[r, :len(s) - 1], y[r, :len(s) - 1] = torch.tensor(s[:-1]), torch.tensor(s[1:])
-        cache = make_cache(model.cfg, len(chunk), width, bits, device)
-        logits = forward(model, x.to(device), cache, last_only=False).float()
-        nll = F.cross_entropy(logits.transpose(1, 2), y.to(device), ignore_index=-100, reduction="none")
-        nats.append(nll.sum(dim=1).double().cpu())
-    return (torch.cat(nats) if nats else torch.zeros(0, dtype=torch.float64)), kept
+    """shared.evaluate.story_nats, but every prediction reads its keys and values from a cache of
+    `bits` bits. One chunked pass per batch is enough: a row's codes depend on that row alone, so
+    the chunk's queries see exactly what token-by-token decoding would see."""
+    def through_cache(x):
+        return forward(model, x, make_cache(model.cfg, x.shape[0], x.shape[1], bits, device), last_only=False)
+
+    return story_nats(model, tokenizer, stories, device, batch_size=batch_size, logits_fn=through_cache)
