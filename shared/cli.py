@@ -325,16 +325,11 @@ class Run:
 
     def record_notes(self, markdown: str) -> Path | None:
         """(Older chapters.) Replace the measured block of notes.md with `markdown`, stamped."""
-        from shared.report import write_block
+        from shared.report import stamp, write_block
 
         if not self.writes_notes:
             return None
-        meta = self.metadata()
-        block = (f"{NOTES_BEGIN}\n_Measured by `uv run chapters/{self.chapter}/{meta['command']}` on "
-                 f"{meta['date']} — {meta['machine']}, device {meta['device']}, {meta['threads']} threads, "
-                 f"torch {meta['torch']}, {meta['runtime_s']:.0f} s wall ({meta['cpu_s']:.0f} s CPU), load average "
-                 f"{meta['load_avg_1m']} at the end (above {os.cpu_count()} means other work shared the CPU)._\n\n"
-                 f"{markdown.strip()}\n{NOTES_END}")
+        block = f"{NOTES_BEGIN}\n{stamp(self.metadata())}\n\n{markdown.strip()}\n{NOTES_END}"
         path = write_block(self.chapter, block)
         print(f"notes: {path}")
         return path
