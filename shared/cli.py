@@ -226,6 +226,8 @@ class Run:
     started: float = field(default_factory=time.perf_counter)
     sections: dict = field(default_factory=dict)      # title -> {"wall_s", "cpu_s"}
     results_written: bool = False
+    parts: tuple = ()                                 # a chapter in parts: every part's name, in order
+    part: str | None = None                           # the part this run does (`--part`)
 
     # -- presets -----------------------------------------------------------------
     def pick(self, quick: Any, default: Any, full: Any = None) -> Any:
@@ -310,6 +312,8 @@ class Run:
 
         report = _chapter_module(self.chapter, "report")
         payload = {**({"config": _as_dict(self.cfg)} if self.cfg is not None else {}), **results}
+        if self.parts:
+            payload = self._merge_parts(payload)
         payload = {"meta": self.metadata(), **payload}
         payload["headline"] = report.headline(payload)
         self.save_results({k: v for k, v in payload.items() if k != "meta"})
@@ -322,6 +326,32 @@ class Run:
         visualize.draw(saved, self.plots_dir, self.animations_dir)
         print(f"done in {_human_seconds(time.perf_counter() - self.started)}", flush=True)
         return saved
+
+    def _merge_parts(self, payload: dict) -> dict:
+        """A chapter in parts (`cli.start(..., parts=("core", "extras"))`) keeps one results file:
+        this part's keys replace the ones its previous run wrote, the other parts' results stay
+        (when they come from the same preset), and `parts` records each part's own meta, config
+        and keys, so notes.md stamps every part with the command and machine that measured it."""
+        from shared.results import load_json
+
+        old: dict = {}
+        if self.results_path.exists():
+            try:
+                old = load_json(self.results_path)
+            except (OSError, ValueError):
+                old = {}
+        if "parts" not in old or old.get("meta", {}).get("preset") != self.preset:
+            old = {"parts": {}}
+        mine = {"meta": self.metadata(), "keys": sorted(k for k in payload if k != "config"),
+                "config": payload.get("config")}
+        kept = {name: p for name, p in old["parts"].items() if name != self.part and name in self.parts}
+        merged = {k: v for name, p in kept.items() for k in p["keys"] if k in old for v in [old[k]]}
+        merged.update({k: v for k, v in payload.items() if k != "config"})
+        every = {**kept, self.part: mine}
+        merged["parts"] = {name: every[name] for name in self.parts if name in every}
+        if "config" in payload:
+            merged["config"] = payload["config"]
+        return merged
 
     def record_notes(self, markdown: str) -> Path | None:
         """(Older chapters.) Replace the measured block of notes.md with `markdown`, stamped."""
@@ -431,7 +461,7 @@ def flag(*names: str, **kwargs) -> Flag:
 
 
 def start(presets: dict[str, Any], *flags: Flag, text: bool = False, doc: str | None = None,
-          argv: list[str] | None = None) -> Run:
+          argv: list[str] | None = None, parts: tuple[str, ...] = ()) -> Run:
     """Begin a lesson: parse the common flags and the chapter's own, pick the preset's Config and
     apply the flags the user gave to it, set threads/seed/device, print the header. From here on a
     WorkbookError anywhere in main.py is one `error:` line and exit 2 (see `_excepthook`)."""
@@ -442,11 +472,17 @@ def start(presets: dict[str, Any], *flags: Flag, text: bool = False, doc: str | 
     fields = {f.name for f in dataclasses.fields(presets["default"])} if dataclasses.is_dataclass(
         presets["default"]) else set()
     chapter_dests = []
+    if parts:  # a chapter too big for one 3-minute run: `--part NAME` runs one part, the first by default
+        p.add_argument("--part", choices=list(parts), default=parts[0],
+                       help=f"which part of the lesson to run: {' | '.join(parts)} (default {parts[0]}); "
+                            "each part adds its results to the same results file")
     for f in flags:
         action = p.add_argument(*f.names, **{"default": None, **f.kwargs})
         chapter_dests.append(action.dest)
     run = setup(p, argv)
     given = {d: getattr(run.args, d) for d in chapter_dests if getattr(run.args, d) is not None}
+    if parts:
+        run.parts, run.part = tuple(parts), run.args.part
     cfg = presets[run.preset]
     run.cfg = dataclasses.replace(cfg, **{k: v for k, v in given.items() if k in fields}) if fields else cfg
     return run

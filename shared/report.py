@@ -56,12 +56,18 @@ def notes_block(chapter: str, results: dict, body: str, claims: list | None = No
     """The full measured block: stamp, the chapter's own notes, its claims, time per section."""
     from shared.claims import table as claims_table
 
-    parts = [stamp(results["meta"]), body.strip()]
+    # a chapter in parts (cli.start(..., parts=...)) stamps each part with the run that measured it
+    metas = ({name: p["meta"] for name, p in results["parts"].items()} if results.get("parts")
+             else {None: results["meta"]})
+    parts = ["\n\n".join((f"Part `{name}`: " if name else "") + stamp(m) for name, m in metas.items()),
+             body.strip()]
     if claims:
         parts.append("**README claims against these results** (checked by `tests/test_claims.py`)\n\n"
                      + claims_table(claims, results))
-    if results["meta"].get("sections"):
-        parts.append("**Time per section**\n\n" + sections_table(results["meta"]))
+    for name, m in metas.items():
+        if m.get("sections"):
+            parts.append("**Time per section**" + (f" (part `{name}`)" if name else "") + "\n\n"
+                         + sections_table(m))
     return f"{NOTES_BEGIN}\n" + "\n\n".join(parts) + f"\n{NOTES_END}"
 
 

@@ -27,6 +27,7 @@ def test_claims_hold_on_committed_results(chapter):
     claims = load_chapter_module(chapter, "claims").CLAIMS
     results = committed(chapter)
     assert results["meta"]["preset"] == "default", "committed results must come from a default run"
+    assert all(p["meta"]["preset"] == "default" for p in results.get("parts", {}).values())
     failing = [f"{c.text!r}: measured {c.value(results):.4g}, needs {c.threshold_text()}"
                for c in claims if not c.holds(results)]
     assert not failing, "README claims the committed results do not support:\n" + "\n".join(failing)
@@ -57,9 +58,10 @@ def test_notes_block_is_rebuilt_from_the_committed_results(chapter):
 @pytest.mark.parametrize("chapter", LAID_OUT)
 def test_claims_hold_with_a_second_seed(chapter, tmp_path):
     """The claims are about effects, not digits: a default run with another seed supports them too."""
-    proc = run_script(chapter, "main.py", "--seed", "1", "--out", tmp_path, "--checkpoints", tmp_path / "ck",
-                      timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    for part in committed(chapter).get("parts") or [None]:  # a chapter in parts: every part, one file
+        proc = run_script(chapter, "main.py", "--seed", "1", "--out", tmp_path, "--checkpoints", tmp_path / "ck",
+                          *(["--part", part] if part else []), timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
     results = results_of(tmp_path, chapter)
     claims = load_chapter_module(chapter, "claims").CLAIMS
     failing = [f"{c.text!r}: {c.value(results):.4g}" for c in claims if not c.holds(results)]

@@ -96,6 +96,36 @@ def test_finish_writes_results_notes_with_claims_and_plots(fake_book):
     assert report.read_block(notes) == report.notes_block("99_demo", on_disk, "The answer is 42.", claims)
 
 
+def start_parts(chapter_dir, argv):
+    scope = {"cli": cli, "PRESETS": PRESETS, "argv": argv,
+             "__file__": str(chapter_dir / "main.py"), "__doc__": "demo chapter"}
+    exec("run = cli.start(PRESETS, argv=argv, parts=('core', 'extras'))", scope)
+    return scope["run"]
+
+
+def test_parts_share_one_results_file_and_each_part_is_stamped(fake_book):
+    """A chapter in parts: each `--part` run replaces only its own keys; notes stamp every part."""
+    ck = ["--checkpoints", str(fake_book / "ck")]
+    (fake_book / "report.py").write_text("def headline(r):\n    return {'answer': r['answer']}\n"
+                                         "def notes(r):\n    return f\"extra {r.get('extra')}\"\n")
+    first = start_parts(fake_book, ck)
+    assert first.part == "core"
+    first.finish({"answer": 42, "old_core_key": 1})
+    extras = start_parts(fake_book, ck + ["--part", "extras"])
+    with extras.section("9. Extra"):
+        pass
+    extras.finish({"extra": 7})
+    again = start_parts(fake_book, ck)
+    saved = again.finish({"answer": 43})
+    assert saved["answer"] == 43 and saved["extra"] == 7 and "old_core_key" not in saved
+    assert list(saved["parts"]) == ["core", "extras"] and saved["parts"]["extras"]["keys"] == ["extra"]
+    notes = (fake_book / "notes.md").read_text()
+    assert "Part `core`: _Measured by" in notes and "Part `extras`: _Measured by" in notes
+    assert "(part `extras`)" in notes and "9. Extra" in notes
+    with pytest.raises(SystemExit):
+        start_parts(fake_book, ck + ["--part", "nope"])
+
+
 def test_quick_runs_never_touch_notes(fake_book, tmp_path):
     run = start_in(fake_book, ["--quick", "--out", str(tmp_path / "o"), "--checkpoints", str(tmp_path / "c")])
     run.finish({"answer": 1})
