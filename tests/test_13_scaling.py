@@ -1,4 +1,5 @@
-"""Chapter 13: scaling-law fits, multi-process training, and the training-at-scale extras."""
+"""Chapter 13: scaling-law fits, launching on two processes, the training-at-scale tricks, checkpoint and
+resume, early stopping, and the data experiments. (The ladder itself: tests/test_13_scaling_ladder.py.)"""
 import json
 import subprocess
 from pathlib import Path
@@ -8,13 +9,21 @@ import pytest
 import torch
 
 from shared import stacks
+from shared.corpus import HundredAcreWood
+from shared.data import TokenData
+from shared.tokenizer import CharTokenizer
+from shared.train import TrainConfig
 
-from workbook_testing import load_chapter_module, run_script
+from workbook_testing import assert_exit_2, load_chapter_module, results_of, run_quick
 
 CH = "13_scaling"
 sl = load_chapter_module(CH, "scaling_law")
-main = load_chapter_module(CH, "main")
-
+at = load_chapter_module(CH, "at_scale")
+launch = load_chapter_module(CH, "launch")
+tricks = load_chapter_module(CH, "tricks")
+dq = load_chapter_module(CH, "data_quality")
+report = load_chapter_module(CH, "report")
+visualize = load_chapter_module(CH, "visualize")
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
@@ -75,190 +84,192 @@ def test_compute_optimal_matches_brute_force():
     assert float(6 * n_opt * d_opt) == pytest.approx(C)
 
 
-# ------------------------------------------------------------------------------ the compute rule and the schedule
-def test_wsd_schedule_warmup_stable_linear_cooldown():
-    cfg = main.Config(sizes=[], held_out=(), steps=100, warmup=10, cooldown=0.2)
-    lrs = [main.lr_wsd(s, 100, cfg) for s in range(100)]
-    assert lrs[0] == pytest.approx(cfg.lr / 10) and lrs[9] == pytest.approx(cfg.lr)
-    assert all(v == cfg.lr for v in lrs[10:80])                     # stable
-    assert lrs[80] == pytest.approx(cfg.lr) and lrs[99] == pytest.approx(cfg.lr / 20)   # linear to ~0
-    assert np.all(np.diff(lrs[80:]) < 0)
-    # a shorter run shares the trunk: same lr until its own cooldown starts
-    assert [main.lr_wsd(s, 50, cfg) for s in range(40)] == lrs[:40]
-    assert main.steps_for(4 * 1000, 1000, cfg) == round(100 * 4 ** cfg.tokens_exponent)  # D ∝ N^k
-    assert main.measure_ends(100, cfg) == [int(round(100 * f)) for f in cfg.measure_at]
-
-
-def test_cooled_copy_equals_a_run_of_that_length():
-    """The point scored at D from a longer run's trunk is exactly a WSD run of length D."""
-    from shared.corpus import HundredAcreWood
-    from shared.data import TokenData
-    from shared.tokenizer import CharTokenizer
-
-    text = HundredAcreWood().text(30_000, seed=2)
-    tok = CharTokenizer.from_text(text)
-    data = TokenData.from_text(text, tok, doc_separator="\n", cache=False)
-    cfg = main.Config(sizes=[], held_out=(), steps=30, batch_size=2, seq_len=32, warmup=4)
-    tcfg = main.train_config(cfg)
-
-    def fresh():
-        torch.manual_seed(0)
-        m = main.GPT(main.model_config((1, 16, 2), tok.vocab_size, cfg.seq_len))
-        return m, main.make_optimizer(m, tcfg), torch.Generator().manual_seed(0)
-
-    short, opt, gen = fresh()                                        # a run of 15 steps
-    main.run_steps(short, opt, data, gen, cfg, 0, 15, 15, "cpu")
-    long_, opt, gen = fresh()                                        # a run of 30 steps, forked at 12
-    main.run_steps(long_, opt, data, gen, cfg, 0, 12, 30, "cpu")
-    twin, twin_opt, twin_gen = main.fork(long_, opt, gen, tcfg)
-    main.run_steps(twin, twin_opt, data, twin_gen, cfg, 12, 15, 15, "cpu")
-    for a, b in zip(short.parameters(), twin.parameters()):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-    main.run_steps(long_, opt, data, gen, cfg, 12, 30, 30, "cpu")   # the original goes on untouched by the fork
-    assert not torch.equal(next(long_.parameters()), next(twin.parameters()))
-
-
-def _fake_runs(law, floor, sizes=(1e4, 2e4, 4e4, 8e4, 1.6e5), d0=3e5, k=0.5):
-    runs = []
-    for n in sizes:
-        d = d0 * (n / sizes[0]) ** k
-        curve = [{"tokens": t, "loss": float(law(n, t)), "floor": floor} for t in (d / 2, d)]
-        runs.append({"params": n, "tokens": d, "curve": curve, "final_loss": curve[-1]["loss"]})
-    return runs
-
-
-def test_predictor_choice_uses_the_ladder_only_and_finds_the_true_form():
-    true = sl.ChinchillaFit(E=0.156, A=30.0, alpha=0.45, B=300.0, beta=0.40, loss=0.0)
-    runs = _fake_runs(true.predict, true.E)
-    val = main.validate(runs, true.E, last=2)
-    assert [r["fitted_sizes"] for r in val["rows"]] == [3, 4]
-    assert val["chosen"] in ("chinchilla_fixed_E", "chinchilla_gap", "chinchilla_free_E")
-    assert val["mean_abs_error"][val["chosen"]] < 1e-3              # the true form extrapolates exactly
-    assert val["mean_abs_error"]["power_law"] > 1e-2                 # no floor: it cannot
-    # data that IS a pure power law in N along the rule: the rule now picks the pure power law
-    pure = _fake_runs(lambda n, d: (2e8 / n) ** 0.1, 0.05)
-    val = main.validate(pure, 0.05, last=2)
-    assert val["chosen"] == "power_law" and val["mean_abs_error"]["power_law"] < 1e-9
-
-
-def test_fast_drop_rule_keeps_slow_runs_only():
-    cfg = main.Config(sizes=[], held_out=None, steps=100)                # drop_ratio 1.2
-    run = lambda *losses: {"curve": [{"loss": x} for x in losses], "final_loss": losses[-1]}
-    assert main.past_fast_drop(run(0.24, 0.22), cfg)                   # fell 9% over the last 30%: slow regime
-    assert not main.past_fast_drop(run(0.30, 0.22), cfg)               # fell 36%: still dropping
-    assert not main.past_fast_drop(run(0.22), cfg)                     # one point says nothing about the slope
-    cfg.drop_ratio = 1.5
-    assert main.past_fast_drop(run(0.30, 0.22), cfg)
-
-
-def test_underdetermined_or_failed_fits_are_not_predictors():
-    true = sl.ChinchillaFit(E=0.156, A=30.0, alpha=0.45, B=300.0, beta=0.40, loss=0.0)
-    runs = _fake_runs(true.predict, true.E, sizes=(1e4, 2e4, 4e4, 8e4))
-    two = main.fit_all(runs[:2], true.E)              # 4 (N, D, L) points, 2 final losses
-    assert two["chinchilla_free_E"] is None             # 5 free parameters > 4 points
-    assert two["chinchilla_fixed_E"] is not None and two["power_law"] is not None
-    assert main.predict(two, 1e5, 1e6)["chinchilla_free_E"] is None
-    val = main.validate(runs, true.E, last=2)           # first fold: 2 sizes, free E not fittable
-    assert val["mean_abs_error"]["chinchilla_free_E"] is None and val["chosen"] != "chinchilla_free_E"
-    rising = _fake_runs(lambda n, d: 0.2 + 1e-7 * n + 1e-8 * d, 0.1)    # loss grows with N and D: no law fits
-    with pytest.raises(ValueError, match="no positive"):
-        sl.fit_chinchilla(*(np.array(v, float) for v in zip(*[(r["params"], c["tokens"], c["loss"])
-                                                               for r in rising for c in r["curve"]])))
-    assert main.fit_all(rising, 0.1)["chinchilla_free_E"] is None
-
-
-# ------------------------------------------------------------------------------ end to end
+# ------------------------------------------------------------------------------ end to end, per part
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
+def quick_parts(tmp_path_factory):
+    """Parts data and at_scale, --quick, into ONE results file: the second run keeps the first's keys."""
     out = tmp_path_factory.mktemp("out13")
-    r = run_script(CH, "main.py", "--quick", "--threads", "1", "--out", out, "--checkpoints", out / "ck",
-                   "--tensorboard", out / "tb")
-    assert r.returncode == 0, r.stderr[-2000:]
-    return out, json.loads((out / "results" / f"{CH}.json").read_text()), r.stdout
+    _, data_proc = run_quick(CH, out, "--part", "data", "--tensorboard", out / "tb")
+    first = results_of(out, CH)
+    run_quick(CH, out, "--part", "at_scale")
+    return out, first, results_of(out, CH), data_proc.stdout
 
 
-def test_main_quick_results(quick_run):
-    _, res, _ = quick_run
-    s = res["scaling"]
-    assert len(s["runs"]) == 4 and s["held_out"]["params"] > max(r["params"] for r in s["runs"])
-    losses = [r["final_loss"] for r in s["runs"]]
-    assert all(np.isfinite(losses)) and losses[-1] < losses[0]       # bigger learned more, even in seconds
-    assert all(r["final_loss"] > s["floor"] for r in [*s["runs"], s["held_out"]])  # nobody beats the entropy
-    assert 0.1 < s["floor"] < 0.25                                    # nats/char of the wood stories
-    assert s["fits"]["chinchilla_fixed_E"]["E"] == pytest.approx(s["floor"])
-    assert s["fits"]["chinchilla_gap"]["E"] == pytest.approx(s["floor"])
-    for r in s["runs"]:
-        assert r["tokens_per_s"] > 0 and r["peak_memory_bytes"] >= 0
-        # MFU against the best peak seen (two probes and the loop itself): never above 100%
-        assert 0 < r["mfu"] <= 1 and r["peak_flops"] >= max(r["peak_flops_probes"])
-        assert r["mfu"] == pytest.approx(r["tokens_per_s"] * r["flops_per_token"] / r["peak_flops"])
-        assert [c["step"] for c in r["curve"]] == main.measure_ends(r["steps"], main.Config(**s["config"]))
-    tokens = [r["tokens"] for r in [*s["runs"], s["held_out"]]]
-    assert tokens == sorted(tokens) and tokens[-1] > tokens[0]       # the rule: bigger models see more data
-    assert s["chosen"] in main.PREDICTORS and set(s["prediction"]) == set(main.PREDICTORS)
-    assert len(s["validation"]["rows"]) == 1
-    cfg = main.Config(**s["config"])
-    passing = [r["params"] for r in s["runs"] if main.past_fast_drop(r, cfg)]
-    assert s["regime_rule_applied"] == (len(passing) >= 3)
-    assert s["fitted_params"] == (passing if s["regime_rule_applied"] else [r["params"] for r in s["runs"]])
-    assert s["all_sizes"]["chosen"] in main.PREDICTORS
-    h = res["headline"]
-    assert h["chosen_predictor"] == s["chosen"] and h["held_out_predicted"] == s["prediction"][s["chosen"]]
-    assert h["held_out_error_pct"] == pytest.approx(
-        100 * (h["held_out_predicted"] - h["held_out_measured"]) / h["held_out_measured"])
+def test_quick_parts_merge_into_one_results_file(quick_parts):
+    out, first, both, _ = quick_parts
+    assert "launches" not in first and {"duplicates", "early_stopping", "synthetic_vs_real", "noise"} <= set(first)
+    assert {"launches", "tricks", "resume", "duplicates", "noise"} <= set(both)
+    assert list(both["parts"]) == ["at_scale", "data"]                       # in the chapter's order
+    assert both["noise"] == first["noise"]                                   # part data's keys kept as they were
+    assert both["headline"] == report.headline(both) and "ladder" not in both["headline"]
+    notes = report.notes(both)
+    assert "Not run yet with this preset: part `ladder`" in notes and "The 2x2 design" in notes
+    plots = {p.name for p in (out / "plots" / CH).glob("*.png")}
+    assert {"data_parallel.png", "zero_stages.png", "distributed.png", "at_scale_tricks.png",
+            "checkpoint_resume.png", "repeated_data.png", "synthetic_vs_real.png", "noise_injection.png"} <= plots
 
 
-def test_visualize_redraws(quick_run, tmp_path):
-    out, _, _ = quick_run
-    for png in (out / "plots" / CH).glob("*.png"):
-        png.unlink()
-    r = run_script(CH, "visualize.py", "--quick", "--out", out)
-    assert r.returncode == 0, r.stderr[-2000:]
-    names = {p.name for p in (out / "plots" / CH).glob("*.png")}
-    assert {"loss_vs_tokens.png", "loss_vs_params.png", "parity.png", "isoflop.png", "cost_per_size.png"} <= names
+def test_quick_at_scale_results(quick_parts):
+    _, _, r, _ = quick_parts
+    runs = {x["label"]: x for x in r["launches"]["runs"]}
+    assert set(runs) == {"single", "ddp"} and not any(x.get("failed") for x in runs.values())
+    assert runs["ddp"]["world_size"] == 2 and runs["ddp"]["max_abs_loss_diff_vs_single"] < 1e-5
+    assert max(r["tricks"]["grad_accumulation"]["max_abs_grad_diff_by_k"].values()) < 1e-5
+    res = r["resume"]
+    assert res["max_abs_loss_diff"] == 0.0 and len(res["resumed"]) == res["steps"] == 12
+    assert res["val_resumed"] == res["val_uninterrupted"]
+    assert 0 < res["mfu"] <= 1                                                # MFU never above 100%
 
 
-def test_notes_and_plots_when_a_size_is_left_out_and_a_predictor_cannot_be_fitted(quick_run, tmp_path):
-    """The default run leaves its mid-drop smallest size out of the fits and a free-E law cannot be
-    fitted on the first validation fold: notes.md and every plot must still render, and say so."""
-    import copy
-
-    vis = load_chapter_module(CH, "visualize")
-    out, res, _ = quick_run
-    res = copy.deepcopy(res)
-    s = res["scaling"]
-    s["fitted_params"] = [r["params"] for r in s["runs"][1:]]
-    s["regime_rule_applied"] = True
-    s["fits"]["chinchilla_free_E"] = None
-    s["prediction"]["chinchilla_free_E"] = s["prediction_error"]["chinchilla_free_E"] = None
-    s["validation"]["mean_abs_error"]["chinchilla_free_E"] = None
-    for row in s["validation"]["rows"]:
-        row["errors"]["chinchilla_free_E"] = None
-    s["chosen"] = s["all_sizes"]["chosen"] = "chinchilla_gap"
-    md = main.notes_markdown(res, tmp_path / "absent.json")
-    assert "not fittable on fewer sizes" in md and "no: in the fast drop" in md
-    assert "every ladder size fitted, mid-drop ones too" in md
-    assert "| Chinchilla form, E free | -" in md                          # prediction row without a number
-    path = tmp_path / "results" / f"{CH}.json"
-    path.parent.mkdir(parents=True)
-    path.write_text(json.dumps(res))
-    names = {p.name for p in vis.draw(path, tmp_path / "plots")}
-    assert {"loss_vs_tokens.png", "loss_vs_params.png", "parity.png", "isoflop.png"} <= names
+def test_quick_data_results(quick_parts):
+    _, r, _, _ = quick_parts
+    assert [(c["trained_on"], c["scored_on"]) for c in r["noise"]["cells"]] == [
+        ("clean", "clean"), ("clean", "typos p=0.1"), ("typos p=0.1", "clean"), ("typos p=0.1", "typos p=0.1")]
+    es = r["early_stopping"]
+    assert [c["step"] for c in es["curve"]] == [6, 12, 18, 24]
+    assert es["best_val"] == min(c["val_loss"] for c in es["curve"])
 
 
-def test_bad_input_exits_2():
-    r = run_script(CH, "main.py", "--quick", "--steps", "3")
-    assert r.returncode == 2
-    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "--steps" in errors[0]
+def test_tensorboard_flag(quick_parts):
+    """--tensorboard: without the package, one skipped line naming the fix; with it, every data run logs."""
+    out, r, _, stdout = quick_parts
+    lines = [line for line in stdout.splitlines() if line.startswith("skipped:")]
+    if stacks.available("tensorboard"):
+        runs = sorted(p.name for p in (out / "tb").iterdir())
+        assert len(runs) == len(r["synthetic_vs_real"]["runs"]) + len(r["noise"]["runs"]) and not lines
+        assert "mix_50pct_wood" in runs and "noise_typos_p0.1" in runs
+    else:
+        assert len(lines) == 1 and "uv sync --extra tensorboard" in lines[0]
+        assert not (out / "tb").exists()
+
+
+@pytest.fixture(scope="module")
+def quick_ladder(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ladder13")
+    run_quick(CH, out, "--part", "ladder")
+    return out, results_of(out, CH)
+
+
+def test_quick_ladder_results(quick_ladder):
+    out, r = quick_ladder
+    lad, budgets = r["ladder"], r["config"]["budgets"]
+    assert list(r["parts"]) == ["ladder"] and [c["budget"] for c in lad["isoflop"]] == budgets
+    for size in lad["sizes"]:                     # every finished run: D = C / 6N, scored against the floor
+        for p in size["points"]:
+            assert p["flops"] == pytest.approx(p["budget"], rel=0.2)
+            assert p["gap"] == pytest.approx(p["loss"] - lad["floor"])
+    held = lad["held_out"]
+    assert held["budget"] == r["config"]["held_out_budget"]
+    assert held["errors"]["no_change"] == pytest.approx((held["predicted"]["no_change"] - held["gap"]) / held["gap"])
+    assert r["headline"]["floor_nats_per_char"] == lad["floor"]
+    plots = {p.name for p in (out / "plots" / CH).iterdir()}
+    assert {"isoflop.png", "scaling_frontier.png", "loss_vs_tokens.png"} <= plots
+    notes = report.notes(r)
+    assert "**The isoFLOP ladder**" in notes and "Not run yet with this preset: part `at_scale`, `data`" in notes
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--part", "scaling"], "invalid choice: 'scaling'"),
+    (["--launchers", "single,mpi"], "'mpi' is not one of"),
+])
+def test_bad_input_is_one_line_and_exit_2(flags, message, tmp_path):
+    assert_exit_2(CH, "main.py", ["--quick", *flags], message, tmp_path)
+
+
+def test_report_and_draw_tolerate_missing_parts(tmp_path):
+    assert "Not run yet with this preset: part `ladder`, `at_scale`, `data`" in report.notes({})
+    assert report.headline({}) == {}
+    names = {p.name for p in visualize.draw({"parts": {}}, tmp_path)}
+    assert names == {"data_parallel.png", "zero_stages.png"}                # the diagrams need no results
+    with pytest.raises(KeyError):
+        visualize.draw({"scaling": {}}, tmp_path)       # an older results file: visualize.py asks for a re-run
+
+
+def test_diagrams_are_legible():
+    from shared import plotting
+
+    plotting.use_style()
+    for fig in (visualize.zero_diagram(), visualize.data_parallel_diagram()):
+        assert plotting.smallest_text_pt(fig) >= 9
+
+
+def test_zero_bytes_per_rank_matches_the_paper():
+    """ZeRO (Rajbhandari et al. 2020), fp32 AdamW, 2 processes: 16, 12, 10, 8 bytes per parameter."""
+    per = [sum(launch.zero_bytes_per_rank(1000, 2, s).values()) / 1000 for s in range(4)]
+    assert per == [16, 12, 10, 8]
+    assert launch.zero_bytes_per_rank(1000, 4, 3)["optimizer_state"] == 2000
+
+
+# ------------------------------------------------------------------------------ checkpoint, resume, early stopping
+def _tiny_data(n=20_000, seed=2):
+    text = HundredAcreWood().text(n, seed=seed)
+    tok = CharTokenizer.from_text(text)
+    return TokenData.from_text(text, tok, doc_separator="\n", cache=False), tok
+
+
+def test_resumed_losses_equal_the_uninterrupted_run(tmp_path):
+    data, tok = _tiny_data()
+    cfg = TrainConfig(steps=16, batch_size=2, seq_len=32, lr=3e-3, warmup=3, eval_every=4, eval_batches=1, seed=1)
+    r = tricks.interrupted_and_resumed(data, tok.vocab_size, cfg, 7, tmp_path, size=(1, 16, 2))
+    assert len(r["resumed"]) == 16 and r["before_stop"] == r["uninterrupted"][:7]
+    assert r["max_abs_loss_diff"] == 0.0 and r["val_resumed"] == r["val_uninterrupted"]
+
+
+def test_resume_without_the_optimizer_state_would_be_caught(tmp_path, monkeypatch):
+    """The same check fails when the checkpoint restores only the weights (fresh AdamW moments)."""
+    import shared.train as st
+
+    real = st.load_training_state
+
+    def weights_only(path, model, opt):
+        rng, meta = real(path, model, opt)
+        opt.state.clear()                     # forget the AdamW moments, as a weights-only resume would
+        return rng, meta
+
+    monkeypatch.setattr(st, "load_training_state", weights_only)
+    data, tok = _tiny_data()
+    cfg = TrainConfig(steps=16, batch_size=2, seq_len=32, lr=3e-3, warmup=3, eval_every=0, eval_batches=1, seed=1)
+    r = tricks.interrupted_and_resumed(data, tok.vocab_size, cfg, 7, tmp_path, size=(1, 16, 2))
+    assert r["max_abs_loss_diff"] > 1e-4
+
+
+def test_early_stopping_keeps_the_best_weights(tmp_path):
+    wood = HundredAcreWood()
+    small, val = wood.text(1500, seed=5), wood.text(8000, seed=6)
+    tok = CharTokenizer.from_text(wood.text(50_000, seed=0))
+    data = TokenData.from_text(small + val, tok, val_fraction=len(val) / (len(small) + len(val)),
+                               doc_separator="\n", cache=False)
+    cfg = TrainConfig(steps=120, batch_size=4, seq_len=64, lr=1e-2, warmup=5, eval_every=0, eval_batches=1)
+    es = tricks.early_stopping(data, tok.vocab_size, cfg, 10, 2, tmp_path, size=(1, 32, 2), val_batches=2)
+    vals = [c["val_loss"] for c in es["curve"]]
+    assert es["best_step"] == 10 * (1 + int(np.argmin(vals))) and es["best_val"] == min(vals)
+    assert es["restored_val"] == pytest.approx(es["best_val"], abs=1e-6)      # the best weights came back
+    # the rule: the first check with `patience` (2) checks since the best so far, None if there is none
+    best_so_far = np.minimum.accumulate(vals)
+    since = [i - max(j for j in range(i + 1) if vals[j] == best_so_far[i]) for i in range(len(vals))]
+    assert es["stopped_at"] == next((10 * (1 + i) for i, s in enumerate(since) if s >= 2), None)
+
+
+def test_noise_design_scores_every_model_on_every_text():
+    wood = HundredAcreWood()
+    text = wood.text(40_000, seed=1)
+    nz = dq.noise_injection(text, CharTokenizer.from_text(text), wood.stories(10, seed=9), 4, size=(1, 16, 2),
+                            batch=2)
+    assert [r["name"] for r in nz["runs"]] == ["clean", "typos p=0.1", "word shuffle p=1"]
+    assert all(set(r["scored"]) == {"clean", "typos p=0.1", "word shuffle p=1"} for r in nz["runs"])
+    assert len(nz["cells"]) == 4
+    cell = {(c["trained_on"], c["scored_on"]): c["nats_per_char"] for c in nz["cells"]}
+    assert cell[("typos p=0.1", "clean")] == nz["runs"][1]["scored"]["clean"]
+    assert cell[("clean", "typos p=0.1")] != cell[("clean", "clean")]        # the noisy stories differ
+    assert 0.1 < nz["floor_nats_per_char"] < 0.25
 
 
 # ------------------------------------------------------------------------------ two processes
 def _launch(mode, zero, tmp_path, port):
     out = tmp_path / f"{mode}{zero}.json"
     common = ["--steps", "3", "--global-batch", "4", "--seq-len", "32", "--d-model", "32", "--n-layer", "1"]
-    r = subprocess.run(main.launch_commands(mode, zero, port, common, out), capture_output=True, text=True,
-                       env=main.worker_env(), timeout=600)
+    r = subprocess.run(launch.launch_command(mode, zero, port, common, out), capture_output=True, text=True,
+                       env=launch.worker_env(), timeout=600)
     assert r.returncode == 0, (r.stderr or r.stdout)[-3000:]
     return json.loads(out.read_text())
 
@@ -289,10 +300,24 @@ def test_deepspeed_zero_stages_match_single_and_shard_state(tmp_path):
     assert state[3]["param_bytes"] < 0.6 * state[0]["param_bytes"]
 
 
+def test_an_interrupted_launch_takes_its_workers_with_it(tmp_path):
+    """A launcher killed by the timeout (or Ctrl+C / SIGTERM) must not leave orphaned workers."""
+    import sys
+    import time
+
+    pid_file = tmp_path / "worker.pid"
+    worker = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    launcher = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {worker!r}]); time.sleep(60)"
+    with pytest.raises(subprocess.TimeoutExpired):
+        launch.run_process_group([sys.executable, "-c", launcher], timeout=3)
+    pid = int(pid_file.read_text())
+    time.sleep(0.5)
+    status = Path(f"/proc/{pid}/status")
+    # gone, or a zombie waiting for init to reap it: either way it no longer runs
+    assert not status.exists() or "\nState:\tZ" in status.read_text()
+
+
 # ------------------------------------------------------------------------------ at-scale tricks
-at = load_chapter_module(CH, "at_scale")
-
-
 def _tiny_gpt(seed=0):
     from shared.model import GPT, GPTConfig
 
@@ -384,10 +409,7 @@ def test_dedup_finds_exact_and_near_duplicates():
     assert at.lsh_probability(0.9, 16, 4) > 0.99 and at.lsh_probability(0.2, 16, 4) < 0.05
 
 
-# ------------------------------------------------------------------------------ data experiments (part 3)
-ex = load_chapter_module(CH, "extras")
-
-
+# ------------------------------------------------------------------------------ data experiments
 def _wood_text(n=20_000, seed=4):
     from shared.corpus import HundredAcreWood
 
@@ -398,21 +420,21 @@ def test_typo_rate_matches_p_per_kind():
     text = _wood_text(60_000)
     body = len(text) - text.count("\n")            # newlines (document boundaries) are never hit
     for p in (0.02, 0.1):
-        rep = ex.add_typos(text, p, seed=1, kinds=("replace",))
+        rep = dq.add_typos(text, p, seed=1, kinds=("replace",))
         assert len(rep) == len(text)
         hamming = sum(a != b for a, b in zip(text, rep))   # a replacement always changes the character
         assert hamming / body == pytest.approx(p, rel=0.06)
-        drop = ex.add_typos(text, p, seed=1, kinds=("drop",))
+        drop = dq.add_typos(text, p, seed=1, kinds=("drop",))
         assert (len(text) - len(drop)) / body == pytest.approx(p, rel=0.06)
         assert drop.count("\n") == text.count("\n")
-        swap = ex.add_typos(text, p, seed=1, kinds=("swap",))
+        swap = dq.add_typos(text, p, seed=1, kinds=("swap",))
         assert sorted(swap) == sorted(text) and swap.count("\n") == text.count("\n")
         differ = sum(a != b for a, b in zip(text, swap))   # a swap of two different characters changes 2
         distinct = np.mean([a != b for a, b in zip(text, text[1:])])
         assert differ / (2 * body * distinct) == pytest.approx(p, rel=0.12)
-    mixed = ex.add_typos(text, 0.1, seed=2)
+    mixed = dq.add_typos(text, 0.1, seed=2)
     assert (len(text) - len(mixed)) / body == pytest.approx(0.1 / 3, rel=0.15)   # a third of the hits drop
-    assert ex.add_typos(text, 0.1, seed=2) == mixed and ex.add_typos(text, 0.1, seed=3) != mixed  # seeded
+    assert dq.add_typos(text, 0.1, seed=2) == mixed and dq.add_typos(text, 0.1, seed=3) != mixed  # seeded
 
 
 def test_word_shuffle_keeps_each_sentences_words():
@@ -420,13 +442,13 @@ def test_word_shuffle_keeps_each_sentences_words():
     from collections import Counter
 
     for p in (0.3, 1.0):
-        out = ex.shuffle_words(text, p, seed=5)
+        out = dq.shuffle_words(text, p, seed=5)
         assert len(out) == len(text) and out.count("\n") == text.count("\n")
         changed = total = 0
         for a, b in zip(text.split("\n"), out.split("\n")):
             words_b = b.split(" ")
             i = 0
-            for sent in ex.sentences(a):           # cut the output by the input's sentence lengths
+            for sent in dq.sentences(a):           # cut the output by the input's sentence lengths
                 wa = sent.split(" ")
                 wb = words_b[i:i + len(wa)]
                 i += len(wa)
@@ -439,9 +461,9 @@ def test_word_shuffle_keeps_each_sentences_words():
 
 def test_noise_at_zero_is_identity():
     text = _wood_text(5_000)
-    assert ex.add_typos(text, 0.0, seed=1) == text
-    assert ex.shuffle_words(text, 0.0, seed=1) == text
-    assert ex.make_noisy("clean", text, 0.5, seed=1) == text
+    assert dq.add_typos(text, 0.0, seed=1) == text
+    assert dq.shuffle_words(text, 0.0, seed=1) == text
+    assert dq.make_noisy("clean", text, 0.5, seed=1) == text
 
 
 def test_mixed_data_takes_the_exact_fraction():
@@ -452,107 +474,11 @@ def test_mixed_data_takes_the_exact_fraction():
     a = TokenData.from_text("a" * 5000, tok, cache=False)
     b = TokenData.from_text("b" * 5000, tok, cache=False)
     for f in (0.0, 0.1, 0.75, 1.0):
-        mix = ex.MixedData(a, b, f)
+        mix = dq.MixedData(a, b, f)
         g = torch.Generator().manual_seed(0)
         rows = torch.cat([mix.get_batch("train", 8, 16, g)[0] for _ in range(50)])
         assert rows.shape == (400, 16)
         assert (rows[:, 0] == tok.encode("a")[0]).float().mean().item() == pytest.approx(f, abs=1 / 400)
-
-
-@pytest.fixture(scope="module")
-def data_experiments():
-    """Both experiments, tiny: a few steps, so the plumbing (not the numbers) is what is tested."""
-    from shared.corpus import HundredAcreWood
-    from shared.tokenizer import CharTokenizer
-
-    torch.set_num_threads(1)
-    sv = ex.synthetic_vs_real(6, wood_fractions=(0.0, 0.5, 1.0), size=(1, 16, 2), batch=4, seq_len=32,
-                              n_evals=2, eval_batches=1, wood_chars=50_000)
-    wood = HundredAcreWood()
-    text = wood.text(80_000, seed=1)
-    nz = ex.noise_injection(text, CharTokenizer.from_text(text), wood.stories(12, seed=9), 6,
-                            levels=(("typos", 0.1), ("word shuffle", 1.0)), size=(1, 16, 2), batch=2)
-    return {"meta": {"command": "test", "date": "today", "load_avg_1m": 0.0}, "synthetic_vs_real": sv, "noise": nz}
-
-
-def test_data_experiments_results(data_experiments):
-    sv, nz = data_experiments["synthetic_vs_real"], data_experiments["noise"]
-    assert list(sv["runs"]) == ["0% wood", "50% wood", "100% wood"] and sv["eval_steps"] == [3, 6]
-    for r in sv["runs"].values():
-        assert r["curve"]["step"] == [3, 6] and len(r["train_loss"]) == 6
-        assert all(np.isfinite(r["curve"]["english"])) and all(np.isfinite(r["curve"]["wood"]))
-        assert r["final"]["wood"] == r["curve"]["wood"][-1]
-    # the shared tokenizer covers both texts: English has symbols the wood never uses
-    assert sv["vocab_size"] > 60
-    assert [r["name"] for r in nz["runs"]] == ["clean", "typos p=0.1", "word shuffle p=1"]
-    clean = nz["runs"][0]
-    assert clean["clean_eval"] == pytest.approx(clean["noisy_eval"])          # p=0: the two scores coincide
-    assert all(r["clean_eval"] > nz["floor_nats_per_char"] for r in nz["runs"])
-    assert 0.1 < nz["floor_nats_per_char"] < 0.25 and 0 < nz["eval_stories"] <= 12
-
-
-def test_notes_and_plots_with_and_without_data_experiments(data_experiments, tmp_path):
-    """notes.md renders the new tables when they are present, and an older extras file without them
-    still renders and draws (the committed file may predate the experiments)."""
-    vis = load_chapter_module(CH, "visualize")
-    x = data_experiments
-    old = {"meta": x["meta"], "grad_accumulation": {"max_abs_grad_diff_by_k": {"2": 0.0}},
-           "checkpointing": {"size": [1, 2, 3], "plain": {"peak_memory_bytes": 1, "step_s": 1.0},
-                             "checkpointed": {"peak_memory_bytes": 1, "step_s": 1.0}},
-           "precision": {"fp32": {"step_s": 1.0}, "bf16 autocast": {"step_s": 1.0},
-                         "matmul_gflops": {"fp32": 1.0, "bf16": 1.0}, "cpu_bf16_units": {}},
-           "galore": {"params": 1, "AdamW": {"optimizer_state_bytes": 1, "eval_loss": 1.0, "train_loss": [1.0] * 5},
-                      "GaLore": {"optimizer_state_bytes": 1, "eval_loss": 1.0, "train_loss": [1.0] * 5}},
-           "duplicates": {"fresh": {"eval_loss": 1.0, "train_loss": [1.0] * 5},
-                          "repeated": {"eval_loss": 1.0, "train_loss": [1.0] * 5},
-                          "dedup_on_first_1500_of_repeated": {"exact_duplicates": 1, "near_duplicates": 0, "kept": 1}}}
-    md_old = main.extras_markdown(old)
-    md_new = main.extras_markdown({**old, **x})
-    assert "Synthetic vs real" not in md_old and "Noise injection" not in md_old
-    assert "Synthetic vs real" in md_new and "| 50% wood |" in md_new
-    assert "Noise injection" in md_new and "| typos p=0.1 |" in md_new
-    assert f"{x['noise']['floor_nats_per_char']:.4f}" in md_new
-    res = tmp_path / "results" / f"{CH}.json"
-    res.parent.mkdir(parents=True)
-    ext = res.with_name(f"{CH}_extras.json")
-    ext.write_text(json.dumps(old))
-    names = {p.name for p in vis.draw(res, tmp_path / "plots")}
-    assert names == {"at_scale_tricks.png"}
-    ext.write_text(json.dumps({**old, **x}))
-    names = {p.name for p in vis.draw(res, tmp_path / "plots2")}
-    assert names == {"at_scale_tricks.png", "synthetic_vs_real.png", "noise_injection.png"}
-    assert all((tmp_path / "plots2" / n).stat().st_size > 10_000 for n in names)
-
-
-def test_tensorboard_flag(quick_run):
-    """--tensorboard: without the package, one skipped line naming the fix and the run completes
-    (the quick_run fixture passes the flag); with it, every training run gets its event files."""
-    out, res, stdout = quick_run
-    lines = [line for line in stdout.splitlines() if line.startswith("skipped:")]
-    if stacks.available("tensorboard"):
-        runs = sorted(p.name for p in (out / "tb").iterdir())
-        assert len(runs) == len(res["scaling"]["runs"]) + 1 and not lines
-        assert all(list((out / "tb" / r).glob("events.out.tfevents.*")) for r in runs)
-    else:
-        assert len(lines) == 1 and "uv sync --extra tensorboard" in lines[0] and "TensorBoard" in lines[0]
-        assert not (out / "tb").exists()
-
-
-def test_an_interrupted_launch_takes_its_workers_with_it(tmp_path):
-    """A launcher killed by the timeout (or Ctrl+C / SIGTERM) must not leave orphaned workers."""
-    import sys
-    import time
-
-    pid_file = tmp_path / "worker.pid"
-    worker = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
-    launcher = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {worker!r}]); time.sleep(60)"
-    with pytest.raises(subprocess.TimeoutExpired):
-        main.run_process_group([sys.executable, "-c", launcher], timeout=3)
-    pid = int(pid_file.read_text())
-    time.sleep(0.5)
-    status = Path(f"/proc/{pid}/status")
-    # gone, or a zombie waiting for init to reap it: either way it no longer runs
-    assert not status.exists() or "\nState:\tZ" in status.read_text()
 
 
 def test_sigterm_unwinds_like_ctrl_c(tmp_path):

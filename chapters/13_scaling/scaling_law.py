@@ -19,6 +19,11 @@ the gap is what the next, larger model shrinks.
 `fit_power_law` is the simpler Kaplan et al. (2020) form for the final losses against N
 alone: L(N) = (N_c / N)**alpha_N, a straight line in log-log axes (numpy least squares);
 `fit_power_law_with_floor` subtracts a known floor first: L(N) - E = A N**-alpha.
+
+For the isoFLOP grid (ladder.py): `fit_loglog` is any power law y = k x^a as a straight line in
+log-log axes, with its R^2 there (used for the frontier gap*(C) and for N*(C)), and
+`isoflop_vertex` fits a parabola to ln(gap) against ln N at one budget (Hoffmann et al.'s
+"approach 2") and returns its minimum: the compute-optimal size at that budget.
 """
 from __future__ import annotations
 
@@ -167,3 +172,37 @@ def fit_power_law_with_floor(N, L, E: float) -> dict:
 
 def power_law_with_floor(N, fit: dict):
     return fit["E"] + fit["A"] * np.asarray(N, float) ** -fit["alpha"]
+
+
+def fit_loglog(x, y) -> dict:
+    """y = k x^a by least squares on ln y = ln k + a ln x. R^2 is measured in log space: how
+    straight the points lie on log-log axes (1 = a perfect power law)."""
+    lx, ly = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))
+    if lx.size < 2 or np.ptp(lx) == 0:
+        raise ValueError("a power law needs at least two different x values")
+    a, lnk = np.polyfit(lx, ly, 1)
+    resid = ly - (lnk + a * lx)
+    spread = float(((ly - ly.mean()) ** 2).sum())
+    r2 = 1.0 - float((resid**2).sum()) / spread if spread > 0 else 1.0
+    return {"a": float(a), "k": float(math.exp(lnk)), "r2": r2, "x_lo": float(np.min(x)), "x_hi": float(np.max(x))}
+
+
+def loglog(x, fit: dict):
+    return fit["k"] * np.asarray(x, float) ** fit["a"]
+
+
+def isoflop_vertex(params, gaps) -> dict:
+    """The minimum of one isoFLOP curve: fit ln(gap) = c2 u^2 + c1 u + c0 with u = ln N, vertex
+    at u* = -c1 / (2 c2). `interior` says the vertex lies inside the sizes measured (an upward
+    parabola whose minimum the grid brackets); otherwise the grid missed the optimum and the
+    vertex is an extrapolation (or, when c2 <= 0, no minimum at all: vertex_params is None)."""
+    u, lg = np.log(np.asarray(params, float)), np.log(np.asarray(gaps, float))
+    if u.size < 3:
+        raise ValueError("a parabola needs at least three sizes at the same budget")
+    c2, c1, c0 = np.polyfit(u, lg, 2)
+    if c2 <= 0:
+        return {"coef": [float(c2), float(c1), float(c0)], "vertex_params": None, "vertex_gap": None,
+                "interior": False}
+    v = -c1 / (2 * c2)
+    return {"coef": [float(c2), float(c1), float(c0)], "vertex_params": float(math.exp(v)),
+            "vertex_gap": float(math.exp(c0 - c1**2 / (4 * c2))), "interior": bool(u.min() < v < u.max())}

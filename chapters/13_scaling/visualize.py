@@ -1,203 +1,266 @@
-"""Redraw every plot of chapter 13 from the saved results JSON (never retrains)."""
+"""Redraw chapter 13's figures from its saved results (never retrains); parts not run yet are skipped.
+
+    uv run chapters/13_scaling/visualize.py [--quick|--full]
+"""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import seaborn as sns
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 
+import launch
 import scaling_law as sl
-from shared import cli, plotting
-from shared.errors import WorkbookError
+from shared import cli, diagrams, plotting
 
-CHAPTER = "13_scaling"
+BOOK = sns.color_palette(plotting.PALETTE).as_hex()          # the book's palette, for concepts it has no name for
+STATE_COLORS = {"parameters": BOOK[0], "gradients": BOOK[1], "optimizer_state": BOOK[2]}
 
 
-def draw(results_path: Path, plots_dir: Path, animations_dir: Path | None = None) -> list[Path]:
+def draw(r: dict, plots_dir: Path, animations_dir: Path | None = None) -> list[Path]:
+    r["parts"]                  # noqa: B018  (a file without it predates the parts: visualize_main says re-run)
     plotting.use_style()
-    results_path = Path(results_path)
-    out = []
-    if results_path.exists():
-        res = json.loads(results_path.read_text())
-        if "scaling" in res:
-            s = res["scaling"]
-            out += [curves(s, plots_dir), loss_vs_params(s, plots_dir), parity(s, plots_dir),
-                    isoflop(s, plots_dir), throughput(s, plots_dir)]
-    dist_path = results_path.with_name(f"{CHAPTER}_distributed.json")
-    if dist_path.exists():
-        out.append(distributed(json.loads(dist_path.read_text()), plots_dir))
-    extras_path = results_path.with_name(f"{CHAPTER}_extras.json")
-    if extras_path.exists():
-        x = json.loads(extras_path.read_text())
-        out.append(extras(x, plots_dir))
-        if "synthetic_vs_real" in x:   # older extras files lack the data experiments
-            out.append(synthetic_vs_real(x["synthetic_vs_real"], plots_dir))
-        if "noise" in x:
-            out.append(noise(x["noise"], plots_dir))
-    if not out:
-        raise WorkbookError(f"nothing to draw: no results of any part of this chapter next to {results_path} "
-                            "(a scaling ladder, --distributed or --extras): run main.py with the same flags first")
+    out = [plotting.save_fig(data_parallel_diagram(), plots_dir, "data_parallel"),
+           plotting.save_fig(zero_diagram(), plots_dir, "zero_stages")]
+    if "ladder" in r:
+        out += draw_ladder(r["ladder"], plots_dir)
+    if "launches" in r:
+        out.append(distributed(r["launches"], plots_dir))
+    if "tricks" in r:
+        out.append(at_scale_tricks(r["tricks"], plots_dir))
+    if "resume" in r:
+        out.append(checkpoint_resume(r["resume"], plots_dir))
+    if "early_stopping" in r and "duplicates" in r:
+        out.append(repeated_data(r["duplicates"], r["early_stopping"], plots_dir))
+    if "synthetic_vs_real" in r:
+        out.append(synthetic_vs_real(r["synthetic_vs_real"], plots_dir))
+    if "noise" in r:
+        out.append(noise(r["noise"], plots_dir))
     return out
 
 
-CHINCHILLA_KEYS = ("chinchilla_gap", "chinchilla_fixed_E", "chinchilla_free_E")
+# ------------------------------------------------------------------------------ mechanism diagrams
+def data_parallel_diagram():
+    """Two processes, half the global batch each; all-reduce averages the gradients; same update on both."""
+    fig, ax = diagrams.canvas(9.7, 4.2)
+    batch = diagrams.tensor(ax, (0.7, 2.3), "global batch\n8 × T", rows=8, cols=5, cell=0.16)
+    reduce = diagrams.box(ax, (6.0, 2.3), 1.7, 1.25, "all-reduce\n(g0 + g1) / 2\n(gloo on CPU)", highlight=True)
+    for i, y in enumerate((3.3, 1.3)):
+        side = 0.35 if i == 0 else -0.35
+        p = diagrams.box(ax, (3.3, y), 2.1, 0.95, f"process {i}: model copy\nforward + backward\n→ gradient g{i}")
+        diagrams.arrow(ax, (batch.right[0] + 0.05, 2.3 + side), p.left, via=[(1.55, 2.3 + side), (1.55, y)],
+                       label=f"rows {4 * i}–{4 * i + 3}", label_pos="above")
+        diagrams.arrow(ax, p.right, (reduce.left[0], 2.3 + side), via=[(4.75, y), (4.75, 2.3 + side)])
+        s = diagrams.box(ax, (8.7, y), 1.9, 0.8, f"AdamW step\nprocess {i}")
+        diagrams.arrow(ax, (reduce.right[0], 2.3 + side), s.left, via=[(7.3, 2.3 + side), (7.3, y)])
+    ax.text(8.7, 2.3, "same weights\non both", ha="center", va="center", fontsize=diagrams.FONT, color=diagrams.MUTED)
+    ax.text(4.85, 0.1, "The mean of the two half-batch gradients is the full-batch gradient:\n"
+            "both processes take the same step, and the losses equal one process's.", ha="center",
+            fontsize=diagrams.FONT, color=diagrams.TEXT)
+    return fig
 
 
-def _fit(s, key=None) -> sl.ChinchillaFit:
-    """The Chinchilla-form fit to draw: the chosen predictor when it is one, else the gap fit."""
-    key = key or (s["chosen"] if s.get("chosen") in CHINCHILLA_KEYS else "chinchilla_gap")
-    return sl.ChinchillaFit.from_dict(s["fits"][key])
+ZERO_TITLES = {0: "stage 0 (= DDP)\nevery process holds all", 1: "ZeRO-1\nshards optimizer state",
+               2: "ZeRO-2\n+ shards gradients", 3: "ZeRO-3\n+ shards parameters"}
 
 
-def _fit_name(s) -> str:
-    return s["chosen"] if s.get("chosen") in CHINCHILLA_KEYS else "chinchilla_gap"
+def zero_diagram(world: int = 2, params: int = 1):
+    """What each of 2 processes holds at each ZeRO stage: bars in units of Ψ bytes (Ψ = parameter count)."""
+    fig, ax = diagrams.canvas(9.6, 6.1)
+    unit = 0.21                                         # inches per Ψ bytes: 8Ψ of Adam state = 1.7 in
+    for stage in range(4):
+        x0 = 0.1 + 2.4 * stage
+        ax.text(x0 + 1.1, 5.95, ZERO_TITLES[stage], ha="center", va="top", fontsize=diagrams.FONT,
+                fontweight="bold", color=diagrams.TEXT)
+        held = launch.zero_bytes_per_rank(params, world, stage)
+        for rank in range(world):
+            y_top = 4.75 - 1.75 * rank
+            ax.text(x0, y_top + 0.12, f"process {rank}", fontsize=diagrams.FONT, color=diagrams.MUTED, va="bottom")
+            for row, (what, full) in enumerate((("parameters", 4), ("gradients", 4), ("optimizer_state", 8))):
+                y = y_top - 0.42 * (row + 1)
+                mine = held[what] / params
+                start = 0 if mine == full else full / world * rank
+                ax.add_patch(Rectangle((x0, y), full * unit, 0.3, fill=False, ec=STATE_COLORS[what], lw=1,
+                                       ls=(0, (2, 2)), zorder=1))
+                ax.add_patch(Rectangle((x0 + start * unit, y), mine * unit, 0.3, color=STATE_COLORS[what], zorder=2))
+                ax.text(x0 + full * unit + 0.05, y + 0.15, f"{mine:g}Ψ", va="center", fontsize=diagrams.FONT,
+                        color=diagrams.TEXT)
+        total = sum(held.values()) / params
+        ax.text(x0 + 1.1, 0.85, f"{total:g}Ψ bytes\nper process", ha="center", va="bottom", fontsize=diagrams.FONT,
+                fontweight="bold", color=diagrams.HIGHLIGHT if stage else diagrams.TEXT)
+    for i, (what, label) in enumerate((("parameters", "fp32 weights: 4Ψ bytes"),
+                                       ("gradients", "gradients: 4Ψ"),
+                                       ("optimizer_state", "AdamW moments: 8Ψ"))):
+        ax.add_patch(Rectangle((0.1 + 2.4 * i, 0.2), 0.3, 0.22, color=STATE_COLORS[what]))
+        ax.text(0.47 + 2.4 * i, 0.31, label, va="center", fontsize=diagrams.FONT, color=diagrams.TEXT)
+    ax.text(9.55, 0.31, "dashed: the share the\nother process holds", ha="right", va="center",
+            fontsize=diagrams.FONT, color=diagrams.MUTED)
+    return fig
 
 
-def _rule_D(s, N):
-    """Tokens the compute rule gives a model of N parameters (D ∝ N^k, anchored at the smallest)."""
-    r0, k = s["runs"][0], s["config"]["tokens_exponent"]
-    return r0["tokens"] * (np.asarray(N, float) / r0["params"]) ** k
+# ------------------------------------------------------------------------------ ladder (from ladder.py's results)
+def draw_ladder(lad: dict, plots_dir: Path) -> list[Path]:
+    return [draw_isoflop(lad, plots_dir), draw_frontier(lad, plots_dir), draw_loss_vs_tokens(lad, plots_dir)]
 
 
-def curves(s: dict, plots_dir: Path) -> Path:
-    """Loss against tokens for every size: the cooled-down points (fitted), the trunk before its
-    cooldown (not fitted), the law through the cooled points, and the floor."""
-    fit = _fit(s)
-    fig, ax = plt.subplots(figsize=(8, 5.2))
-    runs = [*s["runs"], s["held_out"]]
-    colors = plt.cm.viridis(np.linspace(0, 0.9, len(runs)))
-    D = np.geomspace(min(c["tokens"] for r in runs for c in r["curve"]) / 1.3, s["held_out"]["tokens"] * 1.3, 100)
-    tps = s["config"]["batch_size"] * s["config"]["seq_len"]
-    for r, col in zip(runs, colors):
-        held = r is s["held_out"]
-        note = " (held out)" if held else "" if r["params"] in s.get("fitted_params", [r["params"]]) else " (not fitted)"
-        ax.plot([c["tokens"] for c in r["curve"]], [c["loss"] for c in r["curve"]], "*" if held else "o",
-                ms=11 if held else 6, color=col, label=f"N={r['params']:,}{note}")
-        ax.plot([c["stable_step"] * tps for c in r["curve"]], [c["stable_loss"] for c in r["curve"]], "o",
-                mfc="none", ms=6, color=col)
-        ax.plot(D, fit.predict(r["params"], D), ":" if held else "-", color=col, lw=1.3, alpha=0.8)
-    plotting.entropy_floor(ax, s["floor"], label="exact floor E")
-    ax.set(xscale="log", yscale="log", xlabel="training tokens D (characters)", ylabel="loss on held-out stories (nats/char)",
-           title="Loss vs data for each model size: fit E + A/N^α + B/D^β (lines)")
-    ax.legend(fontsize=8, ncol=2)
-    ax.text(0.01, 0.01, f"{_fit_name(s)}: α={fit.alpha:.2f}, β={fit.beta:.2f}; filled: after the cooldown (fitted), "
-            "hollow: the same run just before it; held-out (dotted) predicted before training",
-            transform=ax.transAxes, fontsize=7.5, color="dimgray")
+def draw_loss_vs_tokens(r: dict, plots_dir: Path) -> Path:
+    """Gap to the floor against training tokens D, one colour per size (its finished runs at every
+    budget), and the Chinchilla form fitted to every point (E = the floor) drawn for each size:
+    at fixed N the law says the gap falls toward A/N^alpha as D grows."""
+    fig, ax = plt.subplots(figsize=(8.4, 5.0), layout="constrained")
+    colors = _size_colors(r)
+    fit = sl.ChinchillaFit.from_dict(r["chinchilla_gap"]) if r.get("chinchilla_gap") else None
+    for s in sorted(r["sizes"], key=lambda s: s["params"]):
+        pts = sorted(s["points"], key=lambda p: p["tokens"])
+        if not pts:
+            continue
+        ax.plot([p["tokens"] for p in pts], [p["gap"] for p in pts], "o", ms=7, color=colors[s["params"]],
+                label=f"{_size_name(s['size'])}, N={plotting.plain_number(s['params'])}", zorder=3)
+        if fit is not None:
+            D = np.geomspace(pts[0]["tokens"] / 1.3, pts[-1]["tokens"] * 1.3, 40)
+            ax.plot(D, fit.predict(s["params"], D) - fit.E, "-", lw=1.2, color=colors[s["params"]], zorder=2,
+                    label="_fit")
+    plotting.log_axis(ax, "x")
+    plotting.log_axis(ax, "y")
+    ax.set(xlabel="training tokens D (characters)", ylabel="gap to the exact floor, L − E (nats/char)",
+           title="Gap against tokens, per size" + (" (lines: the Chinchilla form, E = floor)" if fit else ""))
+    ax.title.set_fontsize(plotting.MIN_FONT_PT + 1)
+    ax.legend(loc="lower left", framealpha=0.9)
     return plotting.save_fig(fig, plots_dir, "loss_vs_tokens")
 
 
-def loss_vs_params(s: dict, plots_dir: Path) -> Path:
-    """Final loss against N along the compute rule: every fit, the floor, the held-out prediction."""
-    fig, ax = plt.subplots(figsize=(8, 5.2))
-    N = np.array([r["params"] for r in s["runs"]])
-    L = np.array([r["final_loss"] for r in s["runs"]])
-    fitted = np.isin(N, s.get("fitted_params", N))     # results written before the drop rule: all fitted
-    h = s["held_out"]
-    grid = np.geomspace(N.min() / 1.5, h["params"] * 3, 100)
-    ax.plot(N[fitted], L[fitted], "o", color="C0", label="ladder (final loss, fitted)")
-    if not fitted.all():
-        ax.plot(N[~fitted], L[~fitted], "o", mfc="none", color="C0", ms=8,
-                label="ladder, still in the fast drop (not fitted)")
-    styles = {"chinchilla_gap": ("-", "C1"), "chinchilla_fixed_E": ("-.", "C5"), "chinchilla_free_E": ("--", "C2")}
-    for k, (ls, col) in styles.items():
-        if s["fits"][k] is not None:
-            ax.plot(grid, _fit(s, k).predict(grid, _rule_D(s, grid)), ls, color=col, lw=1.2, label=k)
-    if (pl := s["fits"]["power_law"]) is not None:
-        ax.plot(grid, sl.power_law(grid, pl), ":", color="C4", label=f"power law (N_c/N)^{pl['alpha_N']:.3f}")
-    if (pf := s["fits"]["power_law_with_floor"]) is not None:
-        ax.plot(grid, sl.power_law_with_floor(grid, pf), ":", color="C6", label="E + A/N^α (E = floor)")
-    ax.plot(h["params"], h["final_loss"], "*", ms=16, color="C3", label=f"held-out, measured {h['final_loss']:.4f}")
-    ch = s["chosen"]
-    p = s["prediction"][ch]
-    ax.plot(h["params"], p, "x", ms=12, mew=2.5, color="black",
-            label=f"held-out, predicted {p:.4f} by {ch} ({100 * s['prediction_error'][ch]:+.1f}%)")
-    plotting.entropy_floor(ax, s["floor"], label="exact floor E")
-    ax.set(xscale="log", yscale="log", xlabel="non-embedding parameters N",
-           ylabel="final loss (nats/char)",
-           title=f"Final loss vs model size along the rule D ∝ N^{s['config']['tokens_exponent']:g}")
-    ax.legend(fontsize=7.5)
-    return plotting.save_fig(fig, plots_dir, "loss_vs_params")
+def _size_colors(r: dict) -> dict:
+    """One colour per model size, light (small) to dark (big): sizes are ordered, not categories."""
+    ns = sorted(s["params"] for s in r["sizes"])
+    cmap = plt.get_cmap("viridis_r")
+    return {n: cmap(0.15 + 0.8 * i / max(1, len(ns) - 1)) for i, n in enumerate(ns)}
 
 
-def parity(s: dict, plots_dir: Path) -> Path:
-    """Every cooled point: what the law says against what was measured."""
-    fit = _fit(s)
-    fig, ax = plt.subplots(figsize=(5.8, 5.4))
-    fitted = s.get("fitted_params", [r["params"] for r in s["runs"]])
-    for r, held in [*((r, False) for r in s["runs"]), (s["held_out"], True)]:
-        meas = np.array([c["loss"] for c in r["curve"]])
-        pred = fit.predict(r["params"], np.array([c["tokens"] for c in r["curve"]]))
-        out = not held and r["params"] not in fitted
-        ax.plot(meas, pred, "*" if held else "o", ms=10 if held else 5, mfc="none" if out else None,
-                color="C3" if held else "C0", alpha=0.8)
-    ax.plot([], [], "o", color="C0", ms=5, label="ladder (fitted)")
-    if len(fitted) < len(s["runs"]):
-        ax.plot([], [], "o", mfc="none", color="C0", ms=5, label="ladder, in the fast drop (not fitted)")
-    ax.plot([], [], "*", color="C3", ms=10, label="held out (not fitted)")
-    lo = min(ax.get_xlim()[0], ax.get_ylim()[0])
-    hi = max(ax.get_xlim()[1], ax.get_ylim()[1])
-    ax.plot([lo, hi], [lo, hi], color="black", lw=0.8)
-    ax.fill_between([lo, hi], [lo * 0.97, hi * 0.97], [lo * 1.03, hi * 1.03], color="grey", alpha=0.15, label="±3%")
-    ax.set(xlabel="measured loss", ylabel=f"predicted by {_fit_name(s)}", title="Fit vs measurement")
-    ax.legend(fontsize=8)
-    return plotting.save_fig(fig, plots_dir, "parity")
+def _budget_colors(r: dict) -> dict:
+    bs = sorted({p["budget"] for s in r["sizes"] for p in s["points"]})
+    cmap = plt.get_cmap("plasma")
+    return {b: cmap(0.1 + 0.7 * i / max(1, len(bs) - 1)) for i, b in enumerate(bs)}
 
 
-def isoflop(s: dict, plots_dir: Path) -> Path:
-    """The fitted law as IsoFLOP curves: at fixed compute C = 6ND, which N is best?"""
-    fit = _fit(s)
-    fig, ax = plt.subplots(figsize=(8, 5))
-    N_lo = min(r["params"] for r in s["runs"]) / 2
-    N_hi = s["held_out"]["params"] * 8
-    Cs = np.geomspace(6 * N_lo * 1e5, 6 * N_hi * 1e7, 5)
-    N = np.geomspace(N_lo, N_hi, 200)
-    for i, C in enumerate(Cs):
-        L = fit.predict(N, C / (6 * N))
-        ax.plot(N, L, color=plt.cm.magma(0.15 + 0.7 * i / len(Cs)), label=f"C = {C:.1e} FLOPs")
-        n_opt, _ = fit.compute_optimal(C)
-        if N_lo <= n_opt <= N_hi:
-            ax.plot(n_opt, fit.predict(n_opt, C / (6 * n_opt)), "o", color="black", ms=4)
-    plotting.entropy_floor(ax, s["floor"], label="exact floor E")
-    a, b = fit.alpha, fit.beta
-    ax.set(xscale="log", yscale="log", xlabel="parameters N", ylabel="predicted loss (nats/char)",
-           title=f"IsoFLOP curves of the fitted law: N* ∝ C^{b / (a + b):.2f}  (Chinchilla: ≈ C^0.5)")
-    ax.legend(fontsize=8)
+def _size_name(size) -> str:
+    return f"d={size[1]}"
+
+
+def draw_frontier(r: dict, plots_dir: Path) -> Path:
+    """Gap to the exact floor against training compute C = 6ND, log-log. Each size's finished runs
+    (one per budget) joined by a thin line; the compute-efficient frontier (best gap at each C so
+    far) in black; the power law fitted to the frontier, over the range it was fitted on; the
+    held-out run's prediction (x) and measurement (star); the gap a model pays if it never uses
+    the opening's facts (dotted), where the frontier flattens."""
+    fig, ax = plt.subplots(figsize=(10, 5.2), layout="constrained")
+    colors = _size_colors(r)
+    for s in sorted(r["sizes"], key=lambda s: s["params"]):
+        pts = sorted(s["points"], key=lambda p: p["flops"])
+        if pts:
+            ax.plot([p["flops"] for p in pts], [p["gap"] for p in pts], "o-", lw=1, ms=6, color=colors[s["params"]],
+                    label=f"{_size_name(s['size'])}, N={plotting.plain_number(s['params'])}", zorder=3)
+    front = r["frontier"]
+    ax.plot([p["flops"] for p in front], [p["gap"] for p in front], "-", color="black", lw=2.5, alpha=0.35,
+            zorder=2, label="frontier: best run at each C")
+    fit = r.get("frontier_fit")
+    if fit:
+        C = np.geomspace(fit["x_lo"], fit["x_hi"], 50)
+        ax.plot(C, fit["k"] * C ** fit["a"], "--", color="black", lw=1.5, zorder=4, label="_fit")
+        local = ", then ".join(f"{s['a']:.2f}" for s in r.get("frontier_slopes", []))
+        ax.annotate(f"frontier fit: gap ∝ C^{fit['a']:.2f} on {plotting.plain_number(fit['x_lo'])}–"
+                    f"{plotting.plain_number(fit['x_hi'])} FLOPs (R² {fit['r2']:.2f})"
+                    + (f"\nslope between neighbours: {local}\n(a power law keeps one slope)" if local else ""),
+                    xy=(0.02, 0.04), xycoords="axes fraction", ha="left", va="bottom", fontsize=plotting.MIN_FONT_PT,
+                    bbox={"boxstyle": "round,pad=0.3", "facecolor": "white", "edgecolor": "0.7"})
+    h = r.get("held_out")
+    if h and h.get("gap") is not None:
+        for k, mark in (("frontier", "x"), ("chinchilla_gap", "+")):
+            v = h["predicted"].get(k)
+            if v is not None and v > 0:
+                ax.plot([h["budget"]], [v], mark, ms=12, mew=2.5, color=plotting.color("val"),
+                        label=f"held-out, predicted ({'frontier law' if k == 'frontier' else 'Chinchilla form'})",
+                        zorder=6)
+        ax.plot([h["budget"]], [h["gap"]], "*", ms=17, color=plotting.color("val"), mec="black",
+                label=f"held-out {_size_name(h['size'])}, measured", zorder=7)
+    if r.get("long_range_gap"):
+        ax.axhline(r["long_range_gap"], ls=":", color="0.3", lw=1.5, zorder=1)
+        ax.annotate(f"perfect model blind to the opening's facts: {r['long_range_gap']:.3f}",
+                    xy=(0, r["long_range_gap"]), xycoords=("axes fraction", "data"), xytext=(4, 4),
+                    textcoords="offset points", ha="left", va="bottom", fontsize=plotting.MIN_FONT_PT, color="0.3")
+    lowest = min([p["gap"] for s in r["sizes"] for p in s["points"]]
+                 + [v for v in (h or {}).get("predicted", {}).values() if v and v > 0] + [r.get("long_range_gap") or 1])
+    ax.set_ylim(bottom=lowest / 3)           # room for the fit's note below the data
+    plotting.log_axis(ax, "x")
+    plotting.log_axis(ax, "y")
+    ax.set_xlabel("training compute C = 6 N D (FLOPs)")
+    ax.set_ylabel("gap to the exact floor, L − E (nats/char)")
+    ax.set_title("Loss gap against compute: every run and the frontier")
+    fig.legend(loc="outside right upper", fontsize=plotting.MIN_FONT_PT)   # outside: inside it hid the d=64 runs
+    return plotting.save_fig(fig, plots_dir, "scaling_frontier")
+
+
+def draw_isoflop(r: dict, plots_dir: Path) -> Path:
+    """Left: at each budget C (one colour), the gap of every size trained with D = C/6N, and the
+    parabola in ln N through them; its vertex (diamond) is the compute-optimal size N*(C). Right:
+    those N* against C, with the fitted N* ∝ C^a (Chinchilla measured a ≈ 0.5)."""
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9.6, 4.6), layout="constrained", width_ratios=(1.5, 1))
+    colors = _budget_colors(r)
+    for c in r["isoflop"]:
+        col = colors[c["budget"]]
+        ax.plot(c["params"], c["gaps"], "o", ms=7, color=col, zorder=3,
+                label=f"C = {plotting.plain_number(c['budget'])}")
+        if c["vertex_params"] is not None:
+            u = np.linspace(np.log(min(c["params"])), np.log(max(c["params"])), 60)
+            c2, c1, c0 = c["coef"]
+            ax.plot(np.exp(u), np.exp(c2 * u**2 + c1 * u + c0), "-", lw=1.5, color=col, zorder=2, label="_parabola")
+            if c["interior"]:
+                ax.plot([c["vertex_params"]], [c["vertex_gap"]], "D", ms=9, color=col, mec="black", zorder=4,
+                        label="_vertex")
+    plotting.log_axis(ax, "x")
+    plotting.log_axis(ax, "y")
+    ax.set_xlabel("non-embedding parameters N")
+    ax.set_ylabel("gap to the exact floor, L − E (nats/char)")
+    ax.set_title("isoFLOP curves: same compute, different N")
+    ax.legend(loc="lower left", fontsize=plotting.MIN_FONT_PT, framealpha=0.9)
+    inner = [c for c in r["isoflop"] if c["interior"]]
+    for c in inner:
+        ax2.plot([c["budget"]], [c["vertex_params"]], "D", ms=9, color=colors[c["budget"]], mec="black", zorder=3)
+    fit = r.get("n_opt")
+    if fit:
+        C = np.geomspace(fit["x_lo"] / 1.5, fit["x_hi"] * 1.5, 20)
+        ax2.plot(C, fit["k"] * C ** fit["a"], "--", color="black", lw=1.5)
+        ax2.set_title(f"N* ∝ C^{fit['a']:.2f} ({len(inner)} budgets;\nChinchilla: ≈ 0.5)")
+    else:
+        ax2.set_title(f"N* at {len(inner)} budget(s): no fit")
+    plotting.log_axis(ax2, "x")
+    plotting.log_axis(ax2, "y")
+    ax2.set_xlabel("compute C (FLOPs)")
+    ax2.set_ylabel("compute-optimal N*")
     return plotting.save_fig(fig, plots_dir, "isoflop")
 
 
-def throughput(s: dict, plots_dir: Path) -> Path:
-    runs = [*s["runs"], s["held_out"]]
-    N = [r["params"] for r in runs]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    for ax, key, label, scale in ((axes[0], "tokens_per_s", "tokens/s", 1), (axes[1], "mfu", "MFU (%)", 100),
-                                  (axes[2], "peak_memory_bytes", "peak memory (MiB)", 1 / 2**20)):
-        ax.plot(N, [r[key] * scale for r in runs], "o-")
-        ax.set(xscale="log", xlabel="non-embedding parameters N", ylabel=label)
-    axes[0].set_title("throughput")
-    axes[1].set_title("model FLOPs utilisation")
-    axes[2].set_title(f"peak memory ({runs[0]['peak_memory_kind']})", fontsize=10)
-    fig.suptitle("What each run cost (CPU; wall times depend on machine load)", fontweight="bold")
-    fig.tight_layout()
-    return plotting.save_fig(fig, plots_dir, "cost_per_size")
-
-
+# ------------------------------------------------------------------------------ part at_scale
 def distributed(d: dict, plots_dir: Path) -> Path:
-    runs = [r for r in d["runs"] if not r.get("failed")]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.4))
-    for i, r in enumerate(runs):
-        a1.plot(range(1, len(r["losses"]) + 1), r["losses"], marker="o", ms=9 - i, lw=1, alpha=0.7, label=r["label"])
+    runs = [x for x in d["runs"] if not x.get("failed")]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4.4))
+    for i, x in enumerate(runs):
+        a1.plot(range(1, len(x["losses"]) + 1), x["losses"], marker="o", ms=10 - i, lw=1, alpha=0.75,
+                color=BOOK[i % len(BOOK)], label=x["label"])
     a1.set(xlabel="step", ylabel="loss of the global batch", title="Same global batch, same losses")
-    a1.legend(fontsize=8)
-    labels = [r["label"].replace("deepspeed ", "") for r in runs]
-    x = np.arange(len(runs))
-    opt = [r["per_rank"][0]["optimizer_state_bytes"] / 2**20 for r in runs]
-    par = [r["per_rank"][0]["param_bytes"] / 2**20 for r in runs]
-    a2.bar(x - 0.2, par, 0.4, label="parameters held by rank 0")
-    a2.bar(x + 0.2, opt, 0.4, label="Adam state held by rank 0")
-    a2.set_xticks(x, labels, rotation=25, fontsize=8)
-    a2.set(ylabel="MiB per process", title="Model state per process")
-    a2.legend(fontsize=8)
+    a1.xaxis.set_major_locator(MaxNLocator(integer=True))
+    a1.legend()
+    labels = [x["label"].replace("deepspeed ", "") for x in runs]
+    pos = np.arange(len(runs))
+    for off, key, what in ((-0.2, "param_bytes", "parameters"), (0.2, "optimizer_state_bytes", "optimizer_state")):
+        a2.bar(pos + off, [x["per_rank"][0][key] / 2**20 for x in runs], 0.4, color=STATE_COLORS[what],
+               label={"parameters": "parameters", "optimizer_state": "AdamW moments"}[what] + " held by process 0")
+    a2.set_xticks(pos, labels, rotation=30, ha="right")
+    a2.set(ylabel="MiB per process", title="Model state per process (counted)")
+    a2.set_ylim(0, 1.35 * max(x["per_rank"][0]["optimizer_state_bytes"] / 2**20 for x in runs))
+    a2.legend(loc="upper center", ncol=1)
     fig.tight_layout()
     return plotting.save_fig(fig, plots_dir, "distributed")
 
@@ -208,115 +271,127 @@ def _smooth(x, k=10):
     return np.convolve(x, np.ones(k) / k, mode="valid")
 
 
-def extras(x: dict, plots_dir: Path) -> Path:
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
-    c = x["checkpointing"]
-    ax = axes[0, 0]
+def at_scale_tricks(t: dict, plots_dir: Path) -> Path:
+    fig, axes = plt.subplots(1, 3, figsize=(10, 4.4), gridspec_kw={"width_ratios": [1, 1, 1.25]})
+    c = t["checkpointing"]
+    ax = axes[0]
     names = ["plain", "checkpointed"]
     mem = [c[n]["peak_memory_bytes"] / 2**20 for n in names]
-    tim = [c[n]["step_s"] for n in names]
-    ax.bar([0, 1], mem, 0.4, color="C0", label="peak memory (MiB)")
-    ax2 = ax.twinx()
-    ax2.bar([0.4, 1.4], tim, 0.4, color="C1", label="seconds / step")
-    ax2.grid(False)
-    ax.set_xticks([0.2, 1.2], names)
-    ax.set(ylabel="peak memory growth (MiB)", title=f"Activation checkpointing, model {tuple(c['size'])}")
-    ax2.set_ylabel("seconds per step")
-    ax.legend(loc="upper left", fontsize=8)
-    ax2.legend(loc="upper right", fontsize=8)
-    pr = x["precision"]
-    ax = axes[0, 1]
-    labels = ["fp32 step", "bf16 autocast step"]
-    ax.bar(labels, [pr["fp32"]["step_s"], pr["bf16 autocast"]["step_s"]], color=["C0", "C3"])
-    ax.set(ylabel="seconds per training step",
-           title=f"bf16 on this CPU: matmul {pr['matmul_gflops']['bf16']:.1f} vs fp32 {pr['matmul_gflops']['fp32']:.1f} GFLOP/s")
-    ax.title.set_fontsize(10)
-    g = x["galore"]
-    ax = axes[1, 0]
-    for k, v in g.items():
-        if isinstance(v, dict):
-            ax.plot(_smooth(v["train_loss"]), label=f"{k}: state {v['optimizer_state_bytes'] / 2**20:.2f} MiB, "
-                                                    f"eval {v['eval_loss']:.3f}")
-    ax.set(xlabel="step", ylabel="train loss (10-step mean)", yscale="log",
-           title=f"GaLore vs AdamW ({g['params']:,} params)")
-    ax.legend(fontsize=8)
-    d = x["duplicates"]
-    ax = axes[1, 1]
-    for k, v in d.items():
-        if isinstance(v, dict) and "eval_loss" in v:
-            ax.plot(_smooth(v["train_loss"]), label=f"{k}: eval on fresh stories {v['eval_loss']:.3f}")
-    ax.set(xlabel="step", ylabel="train loss (10-step mean)", yscale="log",
-           title="Duplicated data: same tokens, fewer distinct stories")
-    ax.legend(fontsize=8)
-    fig.suptitle("Training at scale, measured small", fontweight="bold")
+    bars = ax.bar(names, mem, 0.55, color=[BOOK[0], BOOK[2]])
+    for b, n in zip(bars, names):
+        ax.text(b.get_x() + b.get_width() / 2, b.get_height(), f"{c[n]['step_s']:.2f} s/step", ha="center",
+                va="bottom")
+    ax.set(ylabel="peak memory of one step (MiB)", title=f"Activation\ncheckpointing {tuple(c['size'])}")
+    ax.set_ylim(0, 1.2 * max(mem))
+    pr = t["precision"]
+    ax = axes[1]
+    bars = ax.bar(["fp32", "bf16"], [pr["fp32"]["step_s"], pr["bf16 autocast"]["step_s"]], 0.55,
+                  color=[plotting.color("fp32"), plotting.color("bf16")])
+    for b, k in zip(bars, ("fp32", "bf16")):
+        ax.text(b.get_x() + b.get_width() / 2, b.get_height(), f"matmul\n{pr['matmul_gflops'][k]:.0f} GFLOP/s",
+                ha="center", va="bottom")
+    units = "has" if any(pr["cpu_bf16_units"].values()) else "has no"
+    ax.set(ylabel="seconds per training step", title=f"bf16: this CPU {units}\nbf16 matrix units")
+    ax.set_ylim(0, 1.3 * max(b.get_height() for b in bars))
+    g = t["galore"]
+    ax = axes[2]
+    for i, (k, v) in enumerate((k, v) for k, v in g.items() if isinstance(v, dict)):
+        ax.plot(_smooth(v["train_loss"]), color=BOOK[i], label=f"{k.replace(' rank ', ' r=')}: "
+                f"{v['optimizer_state_bytes'] / 2**20:.2f} MiB state")
+    ax.set(xlabel="step", ylabel="train loss (10-step mean)", title=f"GaLore vs AdamW\n({g['params']:,} params)")
+    ax.set_ylim(top=1.25 * max(max(_smooth(v["train_loss"])) for v in g.values() if isinstance(v, dict)))
+    ax.legend(loc="upper right")                          # above the curves: the ylim leaves it room
     fig.tight_layout()
     return plotting.save_fig(fig, plots_dir, "at_scale_tricks")
 
 
-def synthetic_vs_real(sv: dict, plots_dir: Path) -> Path:
-    """Rows: the held-out set scored; lines: the training mix. Right: final loss against the mix."""
-    fig = plt.figure(figsize=(12, 7.5))
-    grid = fig.add_gridspec(2, 2, width_ratios=[1.5, 1])
-    runs = sv["runs"]
-    colors = plt.cm.viridis(np.linspace(0, 0.92, len(runs)))
-    final = fig.add_subplot(grid[:, 1])
-    for row, (key, label) in enumerate((("english", "held-out English"), ("wood", "held-out Hundred Acre Wood"))):
-        ax = fig.add_subplot(grid[row, 0])
-        for (name, r), col in zip(runs.items(), colors):
-            ax.plot(r["curve"]["step"], r["curve"][key], "o-", ms=3.5, color=col, label=f"trained on {name}")
-        ax.set(ylabel="loss (nats/char)", title=f"scored on {label}")
-        ax.title.set_fontsize(10)
-        if row == 1:
-            ax.set_xlabel("training step")
-        else:
-            ax.legend(fontsize=7.5, ncol=2)
-        f = [100 * r["wood_fraction"] for r in runs.values()]
-        final.plot(f, [r["final"][key] for r in runs.values()], "o-", color="C0" if key == "english" else "C2",
-                   label=label)
-    final.set(xlabel="% of training rows from the wood (rest: English)", ylabel="final loss (nats/char)",
-              title="final loss against the mix")
-    final.title.set_fontsize(10)
-    final.legend(fontsize=8)
-    fig.suptitle(f"Synthetic (wood) vs real (English) training data: model {tuple(sv['size'])}, {sv['steps']} steps",
-                 fontweight="bold")
+def checkpoint_resume(s: dict, plots_dir: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    steps = np.arange(1, len(s["uninterrupted"]) + 1)
+    ax.plot(steps, s["uninterrupted"], color=BOOK[0], lw=4, alpha=0.45, label="uninterrupted run")
+    ax.plot(steps[: s["stop_at"]], s["before_stop"], color=BOOK[1], lw=1.5, label="run stopped (checkpoint written)")
+    ax.plot(steps[s["stop_at"]:], s["resumed"][s["stop_at"]:], color=BOOK[2], lw=1.5, ls="--",
+            label="resumed from the checkpoint (new model object)")
+    ax.axvline(s["stop_at"], color=diagrams.MUTED, lw=1, ls=":")
+    ax.annotate(f"stopped after step {s['stop_at']}", (s["stop_at"], 0.03), xycoords=("data", "axes fraction"),
+                xytext=(-4, 0), textcoords="offset points", ha="right", va="bottom", color=diagrams.MUTED)
+    diff = s["max_abs_loss_diff"]
+    ax.set(xlabel="step", ylabel="training loss",
+           title=f"Resumed = uninterrupted (largest difference {f'{diff:.1e}' if diff else '0'})")
+    ax.legend(loc="upper right")
     fig.tight_layout()
+    return plotting.save_fig(fig, plots_dir, "checkpoint_resume")
+
+
+# ------------------------------------------------------------------------------ part data
+def repeated_data(d: dict, es: dict, plots_dir: Path) -> Path:
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4.5))
+    steps = [c["step"] for c in es["curve"]]
+    a1.plot(steps, [c["train_loss"] for c in es["curve"]], "o-", color=plotting.color("train"), label="training loss")
+    a1.plot(steps, [c["val_loss"] for c in es["curve"]], "o-", color=plotting.color("val"), label="validation loss")
+    a1.axvline(es["best_step"], color=plotting.color("val"), lw=1, ls=":")
+    a1.annotate(f"best: step {es['best_step']}", (es["best_step"], es["best_val"]), xytext=(0, 14),
+                textcoords="offset points", ha="center", va="bottom", color=plotting.color("val"))
+    if es["stopped_at"]:
+        a1.axvline(es["stopped_at"], color=diagrams.MUTED, lw=1, ls="--")
+        a1.annotate(f"early stop: step {es['stopped_at']}\n(patience {es['patience']})", (es["stopped_at"], 1),
+                    xycoords=("data", "axes fraction"), xytext=(4, -4), textcoords="offset points", va="top",
+                    color=diagrams.MUTED)
+    a1.set(xlabel="step", ylabel="loss (nats/char)", title=f"{es['train_chars']:,} training characters")
+    plotting.log_axis(a1, "y")
+    a1.legend(loc="lower left")
+    for i, (k, v) in enumerate((k, v) for k, v in d.items() if isinstance(v, dict) and "eval_loss" in v):
+        a2.plot(_smooth(v["train_loss"]), color=BOOK[i], label=f"{k}: held-out {v['eval_loss']:.2f}")
+    a2.set(xlabel="step", ylabel="training loss (10-step mean)",
+           title=f"Same tokens, {d['unique_in_repeated']} distinct\nstories (x20) or fresh ones")
+    a2.legend(loc="upper right")
+    fig.tight_layout()
+    return plotting.save_fig(fig, plots_dir, "repeated_data")
+
+
+def synthetic_vs_real(sv: dict, plots_dir: Path) -> Path:
+    """Left: loss on held-out English and on held-out wood along training, per mix. Right: final losses."""
+    fig = plt.figure(figsize=(10, 7.4), layout="constrained")
+    grid = fig.add_gridspec(2, 2, width_ratios=[1.25, 1])
+    runs = sv["runs"]
+    colors = plt.cm.viridis(np.linspace(0, 0.9, len(runs)))
+    for row, (key, label) in enumerate((("english", "held-out English"), ("wood", "held-out wood"))):
+        ax = fig.add_subplot(grid[row, 0])
+        for (name, x), col in zip(runs.items(), colors):
+            ax.plot(x["curve"]["step"], x["curve"][key], "o-", ms=3.5, color=col, label=name)
+        ax.set(xlabel="training step" if row else "", ylabel="loss (nats/char)", title=f"scored on {label}")
+        plotting.label_lines(ax)
+    final = fig.add_subplot(grid[:, 1])
+    f = [100 * x["wood_fraction"] for x in runs.values()]
+    for key, label, col in (("english", "on English", BOOK[0]), ("wood", "on the wood", BOOK[2])):
+        final.plot(f, [x["final"][key] for x in runs.values()], "o-", color=col, label=label)
+    final.set(xlabel="% of training rows from the wood", ylabel="final loss (nats/char)", title="final loss vs mix")
+    final.legend(loc="upper center")
+    fig.suptitle(f"Synthetic (wood) vs real (English) text: model {tuple(sv['size'])}, {sv['steps']} steps")
     return plotting.save_fig(fig, plots_dir, "synthetic_vs_real")
 
 
 def noise(nz: dict, plots_dir: Path) -> Path:
-    """Clean and equally noisy held-out loss per training condition, against the exact floor."""
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12.5, 4.8), gridspec_kw={"width_ratios": [1.2, 1]})
-    runs = nz["runs"]
-    x = np.arange(len(runs))
-    clean = [r["clean_eval"] for r in runs]
-    noisy = [r["noisy_eval"] for r in runs]
-    a1.bar(x - 0.2, clean, 0.4, color="C0", label="scored on clean held-out stories")
-    a1.bar(x + 0.2, noisy, 0.4, color="C3", label="scored on equally noisy held-out stories")
-    for i, (c, n) in enumerate(zip(clean, noisy)):
-        a1.text(i - 0.2, c, f"{c:.2f}", ha="center", va="bottom", fontsize=7)
-        a1.text(i + 0.2, n, f"{n:.2f}", ha="center", va="bottom", fontsize=7)
-    plotting.entropy_floor(a1, nz["floor_nats_per_char"], label="exact floor (clean stories)")
-    a1.set_xticks(x, [r["name"] for r in runs], rotation=15, fontsize=8)
-    a1.set(ylabel="loss (nats/char)", title="Trained on noisy wood: scored clean and noisy")
-    a1.legend(fontsize=8, loc="upper left")
-    for i, r in enumerate(runs):
-        a2.plot(_smooth(r["train_loss"]), color=plt.cm.tab10(i), label=r["name"])
-    plotting.entropy_floor(a2, nz["floor_nats_per_char"], label="exact floor (clean)")
-    a2.set(xlabel="step", ylabel="train loss on its own (noisy) data, 10-step mean", ylim=(0, None),
-           title="Training curves")
-    a2.legend(fontsize=8)
-    fig.suptitle(f"Noise injection: model {tuple(nz['size'])}, {nz['steps']} steps", fontweight="bold")
+    """Every model on every held-out set: grouped bars, the clean floor dashed."""
+    fig, ax = plt.subplots(figsize=(9.6, 4.8))
+    runs, scored = nz["runs"], nz["scored_on"]
+    width = 0.8 / len(scored)
+    for j, s in enumerate(scored):
+        vals = [x["scored"][s] for x in runs]
+        bars = ax.bar(np.arange(len(runs)) + (j - (len(scored) - 1) / 2) * width, vals, width, color=BOOK[j],
+                      label=f"scored on {s} stories")
+        for b, v in zip(bars, vals):
+            ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.2f}", ha="center", va="bottom",
+                    fontsize=plotting.MIN_FONT_PT - 1)
+    plotting.entropy_floor(ax, nz["floor_nats_per_char"], label="clean floor")
+    ax.set_xticks(np.arange(len(runs)), [f"trained on\n{x['name']}" for x in runs])
+    ax.set_xlim(-0.5, len(runs) - 0.5 + 0.7)                  # room at the right for the floor's label
+    ax.set(ylabel="nats/char on held-out stories", title="Noise injection: every model on every kind of text")
+    ax.set_ylim(0, 1.4 * max(v for x in runs for v in x["scored"].values()))
+    ax.legend(loc="upper center", ncol=len(scored), fontsize=plotting.MIN_FONT_PT - 1)
     fig.tight_layout()
     return plotting.save_fig(fig, plots_dir, "noise_injection")
 
 
 if __name__ == "__main__":
-    p = cli.parser(CHAPTER, __doc__)
-    p.add_argument("--distributed", action="store_true", help="accepted for symmetry with main.py (plots draw from whatever results exist)")
-    run = cli.setup(p, header=False)
-
-    def redraw():
-        with cli.results_format(run.results_path):
-            draw(run.results_path, run.plots_dir, run.animations_dir)
-
-    cli.run_main(redraw)
+    cli.visualize_main(draw)
