@@ -5,6 +5,11 @@
 So at step 0 the model is exactly the pretrained one, and the update B @ A has rank <= r:
 r * (in + out) trainable numbers instead of in * out. After training, W + (alpha/r) B A
 can be folded into one matrix (`merge`), and inference costs nothing extra.
+
+How many fewer numbers? For one d_in x d_out matrix the share is r (d_in + d_out) / (d_in d_out),
+which for a square d x d matrix is 2r / d: it shrinks as the model widens (`lora_share`). The
+often-quoted "10,000x fewer" (GPT-3, d = 12288, r = 4 on W_q and W_v only) is that ratio times the
+share of a block's weights that get an adapter at all (`lora_share_table`).
 """
 from __future__ import annotations
 
@@ -83,6 +88,29 @@ def unmerge_all(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, LoRALinear):
             m.unmerge()
+
+
+def lora_params(d_in: int, d_out: int, r: int) -> int:
+    """Trainable numbers of one adapter: A is (r, d_in), B is (d_out, r)."""
+    return r * (d_in + d_out)
+
+
+def lora_share(d_in: int, d_out: int, r: int) -> float:
+    """Adapter numbers / the matrix's own numbers: 2r / d for a square d x d matrix."""
+    return lora_params(d_in, d_out, r) / (d_in * d_out)
+
+
+def lora_share_table(widths=(128, 768, 4096, 12288), ranks=(1, 8, 64), adapted_share: float = 1.0) -> list[dict]:
+    """Closed-form trainable share for square d x d projections at each width and rank, and the
+    'N x fewer' it amounts to. `adapted_share` is the fraction of the block's weights that carry an
+    adapter (1 = every projection; GPT-3's LoRA adapted W_q and W_v, 2 of its 12 d^2, = 1/6)."""
+    rows = []
+    for d in widths:
+        for r in ranks:
+            if r < d:
+                share = lora_share(d, d, r) * adapted_share
+                rows.append({"d": d, "rank": r, "trainable_share": share, "times_fewer": 1 / share})
+    return rows
 
 
 def count_params(model: nn.Module) -> dict:

@@ -1,33 +1,40 @@
-"""12 · Fine-tuning: redraw every plot from the results JSON (never retrains).
+"""12 · Fine-tuning: redraw every figure from the results JSON (never retrains). A part that has not
+run yet has no figures; the pipeline diagram is always drawn.
 
     uv run chapters/12_finetuning/visualize.py [--quick|--full] [--out DIR]
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from shared import cli, plotting
-from shared.results import load_json
+from shared import cli, diagrams, plotting
 
-CHAPTER = "12_finetuning"
-RL_ORDER = ["PPO", "GRPO", "DPO", "PPO, no KL"]
-MARKERS = {"PPO": "o", "GRPO": "s", "DPO": "^", "PPO, no KL": "X"}
+# every RL run: (book colour, line style); the rule-reward runs share their method's colour, dashed
+RUNS = {"PPO": ("ppo", "-"), "PPO, no KL": ("ppo-no-kl", "-"), "GRPO": ("grpo", "-"), "DPO": ("dpo", "-"),
+        "GRPO, rule": ("grpo", "--"), "PPO, rule": ("ppo", "--")}
 
 
-def draw(results_path: Path, plots_dir: Path, animations_dir: Path | None = None) -> list[Path]:
-    results_path = Path(results_path)
-    r = load_json(results_path)
+def draw(r: dict, plots_dir: Path, animations_dir: Path | None = None) -> list[Path]:
     plotting.use_style()
-    paths = [sft_and_lora(r, plots_dir), reward_model(r, plots_dir), reward_vs_kl(r, plots_dir),
-             generations(r, plots_dir)]
-    if "dpo" in r["rl"]:  # results from before the DPO log was saved have no per-step log-ratios
-        paths.append(dpo_logratios(r, plots_dir))
-    if "extras" in r:  # only runs made with --extras have them
-        paths += [extras_classification(r["extras"], plots_dir), extras_curriculum(r["extras"], plots_dir)]
-    return paths
+    r["parts"]  # noqa: B018  (results from before the chapter had parts: a KeyError = one line asking for a re-run)
+    out = [plotting.save_fig(pipeline(), plots_dir, "pipeline")]
+    if "sft" in r:
+        out.append(sft_lora(r, plots_dir))
+    if "lora" in r:
+        out += [lora_share(r, plots_dir), forgetting_transfer(r, plots_dir)]
+    if "reward_model" in r:
+        out.append(reward_model(r, plots_dir))
+    if "rl" in r or "rlvr" in r:
+        out.append(rl_curves(r, plots_dir))
+    if "rl" in r:
+        out.append(dpo_logratios(r, plots_dir))
+    if "extras" in r:
+        out += [draw_domain(r, plots_dir), draw_classification(r, plots_dir), draw_curriculum(r, plots_dir)]
+    return [p for p in out if p is not None]
 
 
 def _smooth(y, k: int = 5):
@@ -37,295 +44,330 @@ def _smooth(y, k: int = 5):
     return np.convolve(np.pad(y, (k // 2, k - 1 - k // 2), mode="edge"), np.ones(k) / k, mode="valid")
 
 
-# ----------------------------------------------------------------------------- 1. SFT and LoRA
-def sft_and_lora(r: dict, plots_dir: Path) -> Path:
-    sft, lo = r["sft"], r["lora"]
+# ----------------------------------------------------------------------------- the mechanism
+def pipeline():
+    """base -> domain fine-tune -> SFT (loss on the answer only) -> reward -> PPO/GRPO, KL-leashed to SFT."""
+    fig, ax = diagrams.canvas(10, 4.6)
+    tuning = plotting.color
+    base = diagrams.box(ax, (0.95, 3.8), 1.6, 0.9, "base model\ncontinues text", color=tuning("base"))
+    dom = diagrams.box(ax, (3.1, 3.8), 1.9, 0.9, "domain step\nmore Wood stories", color=tuning("base"))
+    sft = diagrams.box(ax, (5.3, 3.8), 1.8, 0.9, "SFT\nquestion → answer", color=tuning("sft"))
+    pol = diagrams.box(ax, (8.55, 3.8), 2.5, 0.9, "PPO / GRPO\npolicy π", color=tuning("ppo"))
+    diagrams.arrow(ax, base.right, dom.left)
+    diagrams.arrow(ax, dom.right, sft.left)
+    diagrams.arrow(ax, sft.right, pol.left, label="start from")
+    # the loss mask: the prompt is read, only the answer is scored
+    prompt = diagrams.box(ax, (3.75, 2.45), 3.0, 0.75, "Story: …  Question: …  Answer:\nlabel −100: not scored")
+    diagrams.box(ax, (5.85, 2.45), 1.0, 0.75, "␣red⏎\nscored", highlight=True, name="mask")
+    diagrams.arrow(ax, sft.bottom, (sft.x, prompt.y + prompt.h / 2), head=False, color=diagrams.MUTED)
+    ax.text(prompt.x - prompt.w / 2 - 0.1, prompt.y, "SFT's\nloss mask", ha="right", va="center",
+            fontsize=diagrams.FONT, color=diagrams.TEXT)
+    # where the reward comes from (one or the other), and the leash to the reference
+    rm = diagrams.box(ax, (1.7, 0.6), 2.8, 0.8, "reward model (learned proxy)\nfrozen SFT body + head",
+                      color=tuning("reward-model"))
+    rule = diagrams.box(ax, (4.9, 0.6), 2.8, 0.8, "rule (verifiable)\n1 if exactly the answer", color=tuning("grpo"))
+    bus_y, up_x = 1.55, pol.x - 0.85
+    for src in (rm, rule):
+        diagrams.arrow(ax, src.top, (src.x, bus_y), head=False)
+    diagrams.arrow(ax, (rm.x, bus_y), (up_x, bus_y), head=False)
+    diagrams.arrow(ax, (up_x, bus_y), (up_x, pol.y - pol.h / 2), label="reward", label_pos="left")
+    ref = diagrams.box(ax, (pol.x + 0.55, 2.1), 1.5, 0.85, "π_ref = SFT\nfrozen", color=tuning("sft"))
+    diagrams.arrow(ax, ref.top, (ref.x, pol.y - pol.h / 2), label="KL leash\n−β·KL(π‖π_ref)", label_pos="right",
+                   highlight=True, name="kl")
+    return fig
+
+
+# ----------------------------------------------------------------------------- SFT and LoRA
+def sft_lora(r: dict, plots_dir: Path) -> Path:
+    """Held-out exact match per task for every way of fine-tuning, and per task during SFT."""
+    sft = r["sft"]
     tasks = list(sft["after"]["per_task"])
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6), gridspec_kw={"width_ratios": [2.2, 1.4, 1]})
-    ax = axes[0]
+    runs = [("base", sft["before"], "base"), ("SFT", sft["after"], "sft"),
+            ("plain continuation", r["format"]["continuation"], "full-fine-tune")]
+    if "lora" in r:
+        runs.append((f"LoRA r={r['lora']['rank']}", r["lora"]["accuracy"], "lora"))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), gridspec_kw={"width_ratios": [1.6, 1]})
+    ax, width = axes[0], 0.8 / len(runs)
     x = np.arange(len(tasks) + 1)
-    for j, (label, acc) in enumerate([("base model", sft["before"]), ("SFT, full", sft["after"]),
-                                      (f"SFT, LoRA r={lo['rank']}", lo["accuracy"])]):
+    for j, (label, acc, concept) in enumerate(runs):
         vals = [acc["per_task"].get(t, 0.0) for t in tasks] + [acc["overall"]]
-        ax.bar(x + (j - 1) * 0.27, vals, width=0.27, label=label, color=f"C{j}")
+        bars = ax.bar(x + (j - (len(runs) - 1) / 2) * width, vals, width=width, label=label,
+                      color=plotting.color(concept))
+        plotting.mark_zero_bars(ax, bars)
     ax.set_xticks(x, tasks + ["all"])
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("exact match (greedy)")
-    ax.set_title(f"held-out questions ({r['data']['test_examples']}), per task")
-    ax.legend(fontsize=8, loc="upper left")
-
+    ax.set(ylim=(0, 1.32), ylabel="exact match (greedy)", title=f"{r['data']['test_examples']} held-out questions")
+    ax.legend(loc="upper left", ncols=2, frameon=False)
     ax = axes[1]
-    for label, losses, color in (("full fine-tuning", sft["losses"], "C1"), (f"LoRA r={lo['rank']}", lo["losses"], "C2")):
-        ax.plot(losses, alpha=0.3, color=color)
-        ax.plot(_smooth(losses), color=color, label=label)
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("answer-token loss (nats)")
-    ax.set_title("SFT loss, answer tokens only" if not r.get("unmasked") else "SFT loss, prompt + answer (unmasked)")
-    ax.legend(fontsize=8)
-
-    ax = axes[2]
-    names = ["full", "LoRA A, B", "new rows"]
-    vals = [lo["full_params"], lo["lora_params"], lo["new_row_params"]]
-    bars = ax.bar(names, vals, color=["C1", "C2", "C2"])
-    bars[2].set_alpha(0.5)
-    ax.set_yscale("log")
-    for b, v in zip(bars, vals):
-        ax.annotate(f"{v:,}", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
-    ax.set_title("trainable parameters")
-    fig.suptitle("Supervised fine-tuning: full vs LoRA", y=1.02)
+    curve = sft["curve"]
+    for task, values in curve["per_task"].items():
+        ax.plot(curve["steps"], values, color=plotting.color("sft"), alpha=0.35, lw=1.2, label=task)
+    ax.plot(curve["steps"], curve["overall"], color=plotting.color("sft"), lw=2.6, label="all")
+    ax.set(ylim=(-0.03, 1.03), xlabel="SFT step", ylabel="held-out exact match", title="during SFT")
+    plotting.label_lines(ax)
+    fig.tight_layout()
     return plotting.save_fig(fig, plots_dir, "sft_lora")
 
 
-# ----------------------------------------------------------------------------- 2. reward model
+def forgetting_transfer(r: dict, plots_dir: Path) -> Path:
+    """Story loss before and after SFT (full vs LoRA), and a task left out of instruction tuning."""
+    forgot, held = r["forgetting"], r["transfer"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    ax = axes[0]
+    names = list(forgot)
+    concepts = ["base", "sft", "lora"]
+    ax.bar(range(len(names)), [forgot[n]["model_nats_per_char"] for n in names],
+           color=[plotting.color(c) for c in concepts[:len(names)]])
+    plotting.entropy_floor(ax, forgot[names[0]]["floor_nats_per_char"], "exact floor")
+    ax.set_xticks(range(len(names)), [n.replace(", ", "\n") for n in names])
+    ax.set(ylabel="held-out stories (nats/char)", title="what SFT costs the story model")
+    ax = axes[1]
+    trained = r["sft"]["after"]["per_task"].get(held["task"], 0.0) if "sft" in r else None
+    labels = ["before SFT", "SFT without it"] + (["SFT with it"] if trained is not None else [])
+    vals = [held["before"], held["after"]] + ([trained] if trained is not None else [])
+    bars = ax.bar(labels, vals, color=[plotting.color(c) for c in ("base", "lora", "sft")[:len(vals)]])
+    plotting.mark_zero_bars(ax, bars)
+    ax.set(ylim=(0, 1.05), ylabel="held-out exact match", title=f"the {held['task']} task, never trained on")
+    fig.tight_layout()
+    return plotting.save_fig(fig, plots_dir, "forgetting_transfer")
+
+
+def lora_share(r: dict, plots_dir: Path) -> Path:
+    """The closed form 2r/d for a square projection, per rank, against width; this model's measured share."""
+    lo = r["lora"]
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    rows = lo["closed_form"]
+    for rank in sorted({c["rank"] for c in rows}):
+        pts = sorted((c["d"], c["times_fewer"]) for c in rows if c["rank"] == rank)
+        ax.plot(*zip(*pts), "o-", color=plotting.color("lora"), alpha=0.4 + 0.6 * (rank == lo["rank"]),
+                label=f"r = {rank}")
+    share = (lo["lora_params"] + lo["new_row_params"]) / lo["total_params"]
+    ax.plot(lo["d_model"], 1 / share, "*", ms=16, color=plotting.color("sft"), label="this model, measured")
+    g = lo["gpt3"]
+    ax.plot(12288, g["times_fewer"], "D", ms=9, color=plotting.color("base"), label="GPT-3, r=4 on W_q, W_v")
+    ax.axhline(100, color="0.5", ls=":", lw=1)
+    ax.annotate('the often-quoted "100× fewer"', (0.5, 100), xycoords=("axes fraction", "data"), xytext=(0, -4),
+                textcoords="offset points", ha="center", va="top", color="0.35")
+    plotting.log_axis(ax, "x", base=2)
+    plotting.log_axis(ax, "y")
+    ax.set(xlabel="width d of a d×d projection", ylabel="× fewer trainable numbers",
+           title="LoRA's saving grows with width: d / 2r")
+    plotting.label_lines(ax, [line for line in ax.get_lines() if line.get_label().startswith("r =")])
+    ax.legend(handles=ax.get_lines()[-3:-1], loc="upper left", frameon=False)
+    fig.tight_layout()
+    return plotting.save_fig(fig, plots_dir, "lora_share")
+
+
+# ----------------------------------------------------------------------------- the reward model
 def reward_model(r: dict, plots_dir: Path) -> Path:
     rm = r["reward_model"]
-    variants = rm.get("variants", {"match, BT": {"accuracy": rm["accuracy"], "losses": rm["losses"]}})
-    fig, axes = plt.subplots(1, 3, figsize=(18, 4.4), gridspec_kw={"width_ratios": [1, 1.3, 1.2]})
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.3), gridspec_kw={"width_ratios": [1.5, 1]})
     ax = axes[0]
-    for j, (name, v) in enumerate(variants.items()):
-        ax.plot(np.arange(1, len(v["losses"]) + 1), v["losses"], color=f"C{j}", label=name)
-    ax.axhline(np.log(2), ls="--", color="gray", lw=1)
-    ax.annotate("ln 2: BT can't tell the answers apart", (1, np.log(2)), xytext=(2, 3), textcoords="offset points",
-                fontsize=8, color="gray")
-    ax.set_xlabel("epoch over the cached features")
-    ax.set_ylabel("training loss (BT or hinge)")
-    ax.set_title("reward heads on the frozen SFT body")
-    ax.legend(fontsize=8)
-
+    tasks = list(rm["variants"]["match, BT"]["accuracy"]["per_task"])
+    x = np.arange(len(tasks) + 1)
+    shades = {"match, BT": 1.0, "match, margin": 0.6, "last token, BT": 0.3}
+    for j, (name, v) in enumerate(rm["variants"].items()):
+        vals = [v["accuracy"]["per_task"][t] for t in tasks] + [v["accuracy"]["overall"]]
+        bars = ax.bar(x + (j - 1) * 0.27, vals, width=0.27, color=plotting.color("reward-model"),
+                      alpha=shades.get(name, 0.6), label=name, edgecolor=plotting.color("reward-model"))
+        plotting.mark_zero_bars(ax, bars)
+    ax.axhline(0.5, color="0.4", ls="--", lw=1)
+    ax.axhline(rm["sft_logp_accuracy"], color=plotting.color("sft"), ls=":", lw=1.5)
+    ax.annotate("chance", (x[-1] + 0.45, 0.5), xytext=(0, -3), textcoords="offset points", ha="right", va="top")
+    ax.annotate("SFT's own log p", (x[-1] + 0.45, rm["sft_logp_accuracy"]), xytext=(0, 3),
+                textcoords="offset points", ha="right", va="bottom", color=plotting.color("sft"))
+    ax.set_xticks(x, tasks + ["all"])
+    ax.set(ylim=(0, 1.3), ylabel="held-out pairs ranked right", title="reward heads (frozen SFT body)")
+    ax.legend(loc="upper left", ncols=3, frameon=False)
     ax = axes[1]
-    tasks = list(rm["accuracy"]["per_task"]) + ["all"]
-    x = np.arange(len(tasks))
-    w = 0.8 / len(variants)
-    for j, (name, v) in enumerate(variants.items()):
-        vals = [v["accuracy"]["per_task"].get(t, 0.0) for t in tasks[:-1]] + [v["accuracy"]["overall"]]
-        bars = ax.bar(x + (j - (len(variants) - 1) / 2) * w, vals, width=w, color=f"C{j}", label=name)
-        for b, val in zip(bars, vals):
-            ax.annotate(f"{val:.0%}", (b.get_x() + b.get_width() / 2, val), ha="center", va="bottom", fontsize=6)
-    ax.axhline(0.5, ls="--", color="gray", lw=1)
-    if "sft_logp_accuracy" in rm:
-        ax.axhline(rm["sft_logp_accuracy"], ls=":", color="k", lw=1, label="SFT model's own log p(answer)")
-    ax.set_xticks(x, tasks)
-    ax.set_ylim(0, 1.4)   # head-room above the bars for the legend
-    ax.set_yticks(np.linspace(0, 1, 6))
-    ax.set_ylabel("held-out pairwise accuracy")
-    ax.set_title(f"{r['data']['pairs_test']} held-out pairs (same number per task)")
-    ax.legend(fontsize=7, loc="upper center", ncol=2)
-
-    ax = axes[2]
-    if "sanity" in rm:
-        table = rm["sanity"]["table"]
-        names = list(table)
-        vals = [table[n]["mean_reward"] for n in names]
-        ax.barh(names[::-1], vals[::-1], color=["C2" if n == "gold" else "C7" for n in names[::-1]])
-        for k, n in enumerate(names[::-1]):
-            if n != "gold":
-                ax.annotate(f"gold wins {table[n]['gold_wins']:.0%}", (vals[::-1][k], k), xytext=(3, -3),
-                            textcoords="offset points", fontsize=7)
-        ax.set_xlabel("mean reward (match head, BT)")
-        ax.set_title(f"sanity: gold vs corrupted answers (length r = {rm['sanity']['length_corr']:+.2f})")
+    table = rm["sanity"]["table"]
+    names = [n for n in table if n != "gold"]
+    wins = [table[n]["gold_wins"] for n in names]
+    bars = ax.barh(names, wins, color=[plotting.color("reward-model") if w >= 0.8 else plotting.color("ppo-no-kl")
+                                       for w in wins])
+    plotting.mark_zero_bars(ax, bars)
+    ax.axvline(0.5, color="0.4", ls="--", lw=1)
+    ax.invert_yaxis()
+    ax.set(xlim=(0, 1), xlabel="gold scores higher (share of prompts)", title="blind spots (orange)")
     fig.tight_layout()
     return plotting.save_fig(fig, plots_dir, "reward_model")
 
 
-# ----------------------------------------------------------------------------- 3. RL: reward vs KL
-def reward_vs_kl(r: dict, plots_dir: Path) -> Path:
-    """Reward against KL, then three curves against the update: the proxy (reward model) and the
-    two truths it cannot see. Reward hacking is the proxy rising while the truths fall."""
-    curves, final = r["rl"]["curves"], r["rl"]["final"]
-    fig, axes = plt.subplots(1, 4, figsize=(21, 4.8), gridspec_kw={"width_ratios": [1.3, 1, 1, 1]})
-    pal = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    colors = {name: pal[i] for i, name in enumerate(RL_ORDER)}
-    k = 5 if max((len(c) for c in curves.values()), default=0) >= 12 else 3  # each point is one small batch: smooth
-    ax = axes[0]
-    for name in RL_ORDER:
-        c = curves.get(name)
-        if not c:
-            continue
-        kl, rew = _smooth([p["kl"] for p in c], k), _smooth([p["reward"] for p in c], k)
-        ax.plot(kl, rew, "-", color=colors[name], alpha=0.6, lw=1.2)
-        ax.scatter(kl[-1], rew[-1], marker=MARKERS[name], color=colors[name], s=70, zorder=3, label=name)
-        ax.scatter(final[name]["kl"], final[name]["reward"], marker=MARKERS[name], facecolor="none",
-                   edgecolor=colors[name], s=120, lw=1.5, zorder=3)
-    ax.scatter(final["SFT"]["kl"], final["SFT"]["reward"], marker="*", color="black", s=150, zorder=4,
-               label="SFT, held-out")
-    ax.set_xlabel("KL(policy || SFT) per answer, nats")
-    ax.set_ylabel("reward-model score")
-    ax.set_title(f"reward vs KL (KL weight {r['rl'].get('kl_beta', '?')})\n"
-                 "(line: training batches, filled: end, hollow: held-out)", fontsize=11)
-    ax.legend(fontsize=8)
-    for ax, key, label, title in (
-            (axes[1], "reward", "reward-model score (the proxy)", "reward during RL\n(what the policy optimises)"),
-            (axes[2], "accuracy", "sampled answers that are correct", "accuracy during RL\n(the truth, unseen by RL)"),
-            (axes[3], "validity", "sampled answers that are well-formed", "validity during RL\n(the truth, unseen by RL)")):
-        for name in RL_ORDER:
-            c = curves.get(name)
-            if c:
-                steps, vals = [p["step"] for p in c], [p[key] for p in c]
-                ax.plot(steps, vals, color=colors[name], alpha=0.15, lw=1)
-                ax.plot(steps, _smooth(vals, k), marker=MARKERS[name], markersize=4, color=colors[name], label=name)
-        ax.axhline(final["SFT"][key], ls=":", color="k", lw=1)   # where the SFT policy sits on held-out prompts
-        if key != "reward":
-            ax.set_ylim(-0.05, 1.05)
-        ax.set_xlabel("update (DPO: step)")
-        ax.set_ylabel(label)
-        ax.set_title(title, fontsize=11)
-    axes[1].legend(fontsize=8)
-    fig.tight_layout()
+# ----------------------------------------------------------------------------- RL per update
+def _curves(r: dict) -> dict:
+    return {**r.get("rl", {}).get("curves", {}), **r.get("rlvr", {}).get("curves", {})}
+
+
+def _line(ax, steps, values, name, smooth=True):
+    concept, style = RUNS[name]
+    ax.plot(steps, _smooth(values) if smooth else values, style, color=plotting.color(concept), label=name,
+            marker="o" if len(steps) < 12 else None, ms=4)
+
+
+def rl_curves(r: dict, plots_dir: Path) -> Path:
+    """Per update: held-out greedy exact match, well-formed samples, the learned reward, and KL to SFT."""
+    curves = _curves(r)
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7.4), sharex=True)
+    (em, acc), (rew, kl) = axes
+    for name, curve in curves.items():
+        steps = [p["step"] for p in curve]
+        held = [(p["step"], p["heldout_exact_match"]) for p in curve if "heldout_exact_match" in p]
+        if held:
+            _line(em, *zip(*held), name, smooth=False)
+        _line(acc, steps, [p["validity"] for p in curve], name)
+        if name in r.get("rl", {}).get("curves", {}):
+            _line(rew, steps, [p["reward"] for p in curve], name)
+        _line(kl, steps, [max(p["kl"], 1e-3) for p in curve], name)
+    em.set(ylabel="held-out exact match (greedy)", title="held-out questions")
+    acc.set(ylabel="well-formed sampled answers", title="a possible answer + newline?")
+    rew.set(xlabel="update", ylabel="reward-model score (unit std)", title="the learned proxy")
+    kl.set(xlabel="update", ylabel="KL to SFT (nats per answer)", title="distance from SFT")
+    plotting.log_axis(kl, "y")
+    if "rl" in r:
+        sft = r["rl"]["final"]["SFT"]
+        for ax, value in ((rew, sft["reward"]), (acc, sft["validity"])):
+            ax.axhline(value, color=plotting.color("sft"), ls=":", lw=1.5)
+            ax.annotate("SFT policy", xy=(0.01, value), xycoords=("axes fraction", "data"), xytext=(0, -3),
+                        textcoords="offset points", ha="left", va="top", color=plotting.color("sft"))
+    legend = {}
+    for ax in (em, acc, rew, kl):
+        legend.update(zip(*reversed(ax.get_legend_handles_labels())))
+    names = [n for n in RUNS if n in legend]
+    fig.legend([legend[n] for n in names], names, loc="lower center", ncols=len(names), frameon=False)
+    fig.suptitle("RL from the SFT policy (dashed: verifiable rule reward; smoothed over 5 updates)")
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     return plotting.save_fig(fig, plots_dir, "reward_vs_kl")
 
 
-# ----------------------------------------------------------------------------- 3b. DPO's log-ratios
 def dpo_logratios(r: dict, plots_dir: Path) -> Path:
-    """Where DPO's margin comes from: log pi/pi_ref of the chosen and the rejected answers. The loss
-    only sees their difference, so a growing margin can hide both falling (probability moved to
-    answers that are in neither column)."""
-    d = r["rl"]["dpo"]
+    """Where DPO's margin comes from: log pi/pi_ref of the chosen and the rejected answers."""
+    d, c = r["rl"]["dpo"], r["parts"]["rlhf"]["config"]
     log, held = d["log"], d["heldout"]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.4), gridspec_kw={"width_ratios": [1.7, 1]})
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), gridspec_kw={"width_ratios": [1.6, 1]})
     ax = axes[0]
     steps = [p["step"] for p in log]
-    for key, color, label in (("chosen", "C2", "chosen (true answer)"), ("rejected", "C3", "rejected (wrong answer)")):
-        vals = [p[key] for p in log]
-        ax.plot(steps, vals, color=color, alpha=0.25, lw=1)
-        ax.plot(steps, _smooth(vals), color=color, marker="o", markersize=3, label=label)
-    ax.plot(steps, _smooth([p["margin"] for p in log]), color="k", ls="--", lw=1, label="margin (chosen - rejected)")
-    ax.axhline(0, color="gray", lw=0.8)
-    ax.set_xlabel("DPO step (each: a batch of training pairs, measured before its update)")
-    ax.set_ylabel("log pi(answer) - log pi_ref(answer), nats")
-    ax.set_title(f"DPO on training batches (lr {d['lr']:g}, beta {d['beta']:g})\n"
-                 "the margin may grow while both answers lose probability", fontsize=11)
-    ax.legend(fontsize=8)
+    for key, concept, label in (("chosen", "grpo", "chosen (true)"), ("rejected", "ppo", "rejected (wrong)")):
+        ax.plot(steps, _smooth([p[key] for p in log]), color=plotting.color(concept), label=label)
+    ax.plot(steps, _smooth([p["margin"] for p in log]), color="0.2", ls="--", lw=1.2, label="margin")
+    ax.axhline(0, color="0.5", lw=0.8)
+    ax.set(xlabel="DPO step", ylabel="log π/π_ref (nats per answer)",
+           title=f"training batches (lr {c['dpo_lr']:g}, β {c['dpo_beta']:g})")
+    plotting.label_lines(ax)
     ax = axes[1]
-    bars = ax.bar(["chosen", "rejected"], [held["chosen"], held["rejected"]], color=["C2", "C3"], alpha=0.8)
-    for b, v in zip(bars, (held["chosen"], held["rejected"])):
-        ax.annotate(f"{v:+.2f}", (b.get_x() + b.get_width() / 2, v), xytext=(0, 3 if v >= 0 else -12),
-                    textcoords="offset points", ha="center", fontsize=9)
-    ax.axhline(0, color="gray", lw=0.8)
-    ax.set_ylabel("mean log pi/pi_ref at the end, nats")
-    sft_acc = r["reward_model"].get("sft_logp_accuracy")
-    ax.set_title(f"{d['n_heldout']} held-out pairs: implicit reward ranks {held['accuracy']:.0%} right\n"
-                 f"(SFT's own log p ranks {sft_acc:.0%}; chance 50%)", fontsize=11)
+    bars = ax.bar(["chosen", "rejected"], [held["chosen"], held["rejected"]],
+                  color=[plotting.color("grpo"), plotting.color("ppo")])
+    plotting.mark_zero_bars(ax, bars)
+    ax.bar_label(bars, labels=[f"{v:+.3f}" for v in (held["chosen"], held["rejected"])], padding=2)  # a sliver
+    ax.set_ylim(1.15 * min(held["rejected"], held["chosen"], -0.05), 0.1)
+    ax.axhline(0, color="0.5", lw=0.8)
+    ax.set(ylabel="log π/π_ref at the end (nats)",
+           title=f"{d['n_heldout']} held-out pairs ranked right\nby log p: DPO {held['logp_accuracy']:.0%}, "
+                 f"SFT {r['reward_model']['sft_logp_accuracy']:.0%}")
     fig.tight_layout()
     return plotting.save_fig(fig, plots_dir, "dpo_logratios")
 
 
-# ----------------------------------------------------------------------------- 4. example generations
-def generations(r: dict, plots_dir: Path) -> Path:
-    final = r["rl"]["final"]
-    names = ["SFT"] + [n for n in RL_ORDER if n in final]
-    samples = final["SFT"]["samples"]
-    show = r["sft"]["examples"]
-    lines = ["SFT on held-out questions (greedy):"]
-    for s in show:
-        lines.append(f"  {s['question']}  gold: {s['gold']!r}")
-        lines.append(f"      base: {s['before'][:40]!r}   SFT: {s.get('after_sft', '')!r}   LoRA: {s.get('after_lora', '')!r}")
-    lines.append("")
-    lines.append("What each policy says most often on the held-out prompts (share of samples, mean reward, well-formed?):")
-    for n in names:
-        top = final[n].get("top_answers", [])[:4]
-        lines.append(f"  {n:>11}: " + "   ".join(f"{a['answer']!r} {a['share']:.0%} {a['mean_reward']:+.1f}"
-                                                 f"{'' if a['valid'] == 1 else ' (ill-formed)'}" for a in top))
-    lines.append("")
-    lines.append("RL policies, one sample each (temperature 1) on held-out prompts:")
-    for i, s in enumerate(samples):
-        lines.append(f"  {s['question']}  gold: {s['gold']!r}")
-        lines.append("      " + "   ".join(f"{n}: {final[n]['samples'][i]['answer']!r}" for n in names
-                                         if i < len(final[n]["samples"])))
-    fig, ax = plt.subplots(figsize=(15, 0.2 * len(lines) + 0.4))
-    ax.axis("off")
-    ax.text(0, 1, "\n".join(lines), family="monospace", fontsize=9, va="top", ha="left", transform=ax.transAxes)
-    ax.set_title("what the models answer", loc="left")
-    return plotting.save_fig(fig, plots_dir, "generations")
+# ----------------------------------------------------------------------------- extras
+STAGE_LABELS = {"base": "English\nbase", "domain": "+ Wood", "base_sft": "base\n+ SFT", "domain_sft": "+ Wood\n+ SFT"}
 
 
-# ----------------------------------------------------------------------------- 5. extras (--extras)
-def extras_classification(x: dict, plots_dir: Path) -> Path:
-    c = x["classification"]
-    names, vals = list(c["accuracy"]), list(c["accuracy"].values())
-    fig, axes = plt.subplots(1, 2, figsize=(14, 4.4), gridspec_kw={"width_ratios": [1.6, 1]})
-    ax = axes[0]
-    kind = lambda n: "C7" if n.startswith("chance") else "C0" if n.startswith("BoW") else "C2" if "head" in n else "C1"  # noqa: E731
-    bars = ax.barh(names[::-1], vals[::-1], color=[kind(n) for n in names[::-1]])
-    for b, v in zip(bars, vals[::-1]):
-        ax.annotate(f"{v:.0%}", (v, b.get_y() + b.get_height() / 2), xytext=(3, 0), textcoords="offset points",
-                    va="center", fontsize=9)
-    ax.axvline(1 / len(c["labels"]), ls="--", color="gray", lw=1)
-    ax.set_xlim(0, 1.1)
-    ax.set_xlabel(f"held-out accuracy ({c['n_test']} stories, train {c['n_train']}, disjoint)")
-    ax.set_title("mood of a story with its opening sentence removed")
-    ax = axes[1]
+def _stage_style(stage: str) -> dict:
+    """SFT or not picks the colour; 'had the domain step' adds hatching (same concept, same colour)."""
+    colour = plotting.color("sft") if stage.endswith("sft") else plotting.color("base")
+    return {"color": colour, "hatch": "//" if stage.startswith("domain") else None, "edgecolor": "white", "lw": 0}
+
+
+def draw_domain(r: dict, plots_dir: Path) -> Path | None:
+    d = (r.get("extras") or {}).get("domain")
+    if not d:
+        return None
+    stages = list(d["stages"])
+    fig, axes = plotting.grid(3, ncols=3, panel_size=(3.3, 3.2))
+    panels = [("story_nats_per_char", "Wood stories (nats/char)", True),
+              ("english_nats_per_char", "held-out English (nats/char)", False),
+              ("answer_nll", "held-out answer NLL (nats)", False)]
+    for ax, (key, title, floor) in zip(axes, panels):
+        values = [d["stages"][s][key] for s in stages]
+        for i, (s, v) in enumerate(zip(stages, values)):
+            ax.bar(i, v, **_stage_style(s))
+        for i, v in enumerate(values):
+            ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=plotting.MIN_FONT_PT)
+        ax.set_xticks(range(len(stages)), [STAGE_LABELS[s] for s in stages])
+        ax.set_title(title)
+        ax.set_ylim(0, max(values) * 1.18)
+        if floor:
+            plotting.entropy_floor(ax, d["stages"][stages[0]]["floor_nats_per_char"], label="exact floor")
+        if key == "english_nats_per_char":   # worse than this = worse than guessing every character
+            uniform = math.log(d["model"]["vocab"])
+            ax.axhline(uniform, ls=":", color=plotting.color("entropy-floor"), lw=1.2)
+            ax.text(1.5, uniform, f"uniform guess ln {d['model']['vocab']}", ha="center", va="bottom",
+                    bbox=dict(fc="white", ec="none", pad=1), fontsize=plotting.MIN_FONT_PT)
+    em = ", ".join(f"{STAGE_LABELS[s].replace(chr(10), ' ')} {d['stages'][s]['exact_match']:.2f}"
+                   for s in ("base_sft", "domain_sft"))
+    fig.suptitle(f"What each stage changes (held-out exact match: {em})")
+    return plotting.save_fig(fig, plots_dir, "extras_domain")
+
+
+def draw_classification(r: dict, plots_dir: Path) -> Path | None:
+    c = (r.get("extras") or {}).get("classification")
+    if not c:
+        return None
+    fig, (ax, ax2) = plotting.grid(2, ncols=2, panel_size=(5.0, 3.4))
+    names = list(c["accuracy"])
+    colours = {"chance (majority class)": plotting.color("base"),
+               "BoW logistic regression": plotting.color("reward-model"),
+               "head only (last token)": plotting.color("lora"), "head only (mean pool)": plotting.color("lora"),
+               "full fine-tune (last token)": plotting.color("full-fine-tune")}
+    values = [c["accuracy"][n] for n in names]
+    bars = ax.barh(range(len(names)), values, color=[colours.get(n, plotting.color("base")) for n in names])
+    bars[names.index("head only (mean pool)")].set_hatch("//") if "head only (mean pool)" in names else None
+    for i, v in enumerate(values):
+        ax.text(min(v, 0.83), i, f" {v:.2f}", va="center", fontsize=plotting.MIN_FONT_PT,
+                color="white" if v > 0.83 else "black")
+    ax.set_yticks(range(len(names)), [n.replace(" (", "\n(") for n in names])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.axvline(1 / 3, ls="--", color=plotting.color("entropy-floor"), lw=1)
+    ax.text(1 / 3, len(names) - 0.4, " 1 in 3", fontsize=plotting.MIN_FONT_PT)
+    ax.set_title(f"held-out accuracy ({c['n_test']} texts)")
     losses = c["full"]["losses"]
-    ax.plot(losses, alpha=0.3, color="C1")
-    ax.plot(_smooth(losses), color="C1", label="full fine-tune (last token)")
-    ax.axhline(np.log(len(c["labels"])), ls="--", color="gray", lw=1)
-    ax.annotate(f"ln {len(c['labels'])}: a head that knows nothing", (0, np.log(len(c["labels"]))), xytext=(2, 3),
-                textcoords="offset points", fontsize=8, color="gray")
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats)")
-    ax.set_title("full fine-tuning loss (training batches)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    ax2.plot(range(1, len(losses) + 1), losses, color=plotting.color("full-fine-tune"), label="full fine-tune")
+    ax2.axhline(1.0986, ls="--", color=plotting.color("entropy-floor"), lw=1)
+    ax2.text(len(losses), 1.0986, "ln 3 (a guess)", ha="right", va="bottom", fontsize=plotting.MIN_FONT_PT)
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("training loss (nats)")
+    ax2.set_title("full fine-tune")
     return plotting.save_fig(fig, plots_dir, "extras_classification")
 
 
-def extras_curriculum(x: dict, plots_dir: Path) -> Path:
-    cur = x["curriculum"]
+def draw_curriculum(r: dict, plots_dir: Path) -> Path | None:
+    cur = (r.get("extras") or {}).get("curriculum")
+    if not cur:
+        return None
+    fig, axes = plotting.grid(3, ncols=3, panel_size=(3.4, 3.2))
     orders = list(cur["summary"])
-    fig, axes = plt.subplots(1, 4, figsize=(22, 4.6), gridspec_kw={"width_ratios": [1, 1, 1.6, 1.3]})
-    for ax, key, run_key, label in ((axes[0], "mean", "overall", "held-out exact match"),
-                                    (axes[1], "nll_mean", "nll", "held-out answer NLL (nats, lower is better)")):
-        for j, o in enumerate(orders):
-            ax.bar(j, cur["summary"][o][key], color=f"C{j}", alpha=0.7)
-            pts = [r[run_key] for r in cur["runs"][o]]
-            ax.scatter([j] * len(pts), pts, color="k", s=18, zorder=3, label="one seed" if j == 0 else None)
-        ax.set_xticks(range(len(orders)), orders, fontsize=9)
-        ax.set_ylabel(label)
-        ax.legend(fontsize=8)
-    top = max(r["overall"] for rs in cur["runs"].values() for r in rs)
-    axes[0].set_ylim(0, max(0.1, 1.2 * top))  # a near-zero result should look near zero, not fill the axis
-    axes[0].set_title(f"{cur['steps']} SFT steps x {cur['batch']}, same examples\n(bar: mean of {cur['seeds']} seeds)",
-                      fontsize=11)
-    axes[1].set_title("the sensitive measure: -log p(gold answer)", fontsize=11)
+    colours = [plotting.color("sft"), plotting.color("base"), plotting.color("ppo")]
+    for ax, (key, runs_key, title) in zip(axes[:2], [("mean", "overall", "held-out exact match"),
+                                                     ("nll_mean", "nll", "held-out answer NLL (nats)")]):
+        values = [cur["summary"][o][key] for o in orders]
+        bars = ax.bar(range(len(orders)), values, color=colours, alpha=0.8)
+        for i, o in enumerate(orders):
+            dots = [run[runs_key] for run in cur["runs"][o]]
+            ax.plot([i] * len(dots), dots, "o", color="black", ms=5)
+        if key == "mean":
+            plotting.mark_zero_bars(ax, bars)
+        ax.set_xticks(range(len(orders)), [o.replace(" → ", "\n→ ") for o in orders])
+        ax.set_title(title)
     ax = axes[2]
-    tasks = list(cur["summary"][orders[0]]["nll_per_task_mean"])
-    xs = np.arange(len(tasks))
-    w = 0.8 / len(orders)
-    for j, o in enumerate(orders):
-        vals = [cur["summary"][o]["nll_per_task_mean"].get(t, 0.0) for t in tasks]
-        ax.bar(xs + (j - (len(orders) - 1) / 2) * w, vals, width=w, color=f"C{j}", alpha=0.8, label=o)
-    diff = cur["task_difficulty"]
-    ax.set_xticks(xs, [f"{t}\n({diff[t]:.1f})" if t in diff else t for t in tasks])
-    ax.set_ylabel("held-out answer NLL, mean over seeds")
-    ax.set_title("per task (under each: its difficulty, NLL under the SFT model)", fontsize=11)
-    ax.legend(fontsize=8)
-    ax = axes[3]
-    for j, o in enumerate(orders):
-        ax.plot(cur["runs"][o][0]["batch_difficulty"], color=f"C{j}", label=o)
-    ax.set_xlabel("step (seed 0)")
-    ax.set_ylabel("batch difficulty (answer NLL under SFT, nats)")
-    ax.set_title("what each run saw, step by step", fontsize=11)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    for o, colour in zip(orders, colours):
+        diffs = cur["runs"][o][0]["batch_difficulty"]
+        ax.plot(range(1, len(diffs) + 1), diffs, color=colour, label=o)
+    plotting.label_lines(ax)
+    ax.set_xlabel("SFT step (seed 0)")
+    ax.set_ylabel("batch difficulty (nats)")
+    ax.set_title("what each step saw")
+    fig.suptitle(f"Curriculum: the same {cur['examples_per_run']} examples, three orders (dots: seeds)")
     return plotting.save_fig(fig, plots_dir, "extras_curriculum")
 
 
-def main(argv=None):
-    p = cli.parser(CHAPTER, __doc__)
-    p.add_argument("--unmasked", action="store_true", help=argparse_suppress())
-    p.add_argument("--lora-rank", type=int, default=8)
-    p.add_argument("--kl-beta", type=float, default=0.1)
-    p.add_argument("--extras", action="store_true", help=argparse_suppress())
-    run = cli.setup(p, argv, header=False)
-    with cli.results_format(run.results_path):
-        draw(run.results_path, run.plots_dir, run.animations_dir)
-
-
-def argparse_suppress():
-    import argparse
-
-    return argparse.SUPPRESS
-
-
 if __name__ == "__main__":
-    cli.run_main(main)
+    cli.visualize_main(draw)
