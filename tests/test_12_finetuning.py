@@ -460,7 +460,7 @@ def is_share_of(value: float, n: int) -> bool:
     return n > 0 and 0 <= value <= 1 and abs(value * n - round(value * n)) < 1e-4
 
 
-PARTS = ("sft", "lora", "rlhf", "rlvr", "extras")
+PARTS = ("sft", "format", "lora", "transfer", "rlhf", "rlvr", "extras")
 
 
 @pytest.fixture(scope="module")

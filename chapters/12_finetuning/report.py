@@ -10,10 +10,13 @@ def headline(r: dict) -> dict:
     h = {}
     if "sft" in r:
         h.update(sft_exact_match_before=r["sft"]["before"]["overall"],
-                 sft_exact_match_after=r["sft"]["after"]["overall"],
-                 continuation_exact_match=r["format"]["continuation"]["overall"])
+                 sft_exact_match_after=r["sft"]["after"]["overall"])
+    if "format" in r:
+        h["continuation_exact_match"] = r["format"]["continuation"]["overall"]
     if "lora" in r:
-        h.update(lora_exact_match=r["lora"]["accuracy"]["overall"], heldout_task_exact_match=r["transfer"]["after"])
+        h["lora_exact_match"] = r["lora"]["accuracy"]["overall"]
+    if "transfer" in r:
+        h["heldout_task_exact_match"] = r["transfer"]["after"]
     if "reward_model" in r:
         h["reward_model_accuracy"] = r["reward_model"]["variants"]["match, BT"]["accuracy"]["overall"]
     for part in ("rl", "rlvr"):
@@ -50,16 +53,17 @@ def rl_samples(final: dict) -> str:
 
 
 def sft_notes(r: dict) -> list[str]:
-    sft, cont = r["sft"], r["format"]["continuation"]
+    sft, cont = r["sft"], r.get("format", {}).get("continuation")
     rows = [{"model": "base (no fine-tuning)", "exact match": sft["before"]["overall"]},
-            {"model": "SFT, loss on the answer only", "exact match": sft["after"]["overall"]},
-            {"model": "SFT, plain continuation (loss on every token)", "exact match": cont["overall"]}]
+            {"model": "SFT, loss on the answer only", "exact match": sft["after"]["overall"]}]
+    if cont:
+        rows.append({"model": "SFT, plain continuation (loss on every token)", "exact match": cont["overall"]})
     if "lora" in r:
         lo = r["lora"]
         rows.append({"model": f"SFT, LoRA r={lo['rank']}", "exact match": lo["accuracy"]["overall"]})
     tasks = list(sft["after"]["per_task"])
     per_task = [{"task": t, "base": sft["before"]["per_task"].get(t, 0.0), "SFT": sft["after"]["per_task"][t],
-                 "continuation": cont["per_task"].get(t, 0.0),
+                 **({"continuation": cont["per_task"].get(t, 0.0)} if cont else {}),
                  **({"LoRA": r["lora"]["accuracy"]["per_task"].get(t, 0.0)} if "lora" in r else {})} for t in tasks]
     curve = sft["curve"]
     steps = [{"step": st, "all": curve["overall"][i], **{t: v[i] for t, v in curve["per_task"].items()}}
@@ -74,7 +78,7 @@ def sft_notes(r: dict) -> list[str]:
 
 
 def lora_notes(r: dict) -> list[str]:
-    lo, held = r["lora"], r["transfer"]
+    lo = r["lora"]
     closed = [{"d": c["d"], "rank": c["rank"], "trainable share": c["trainable_share"], "times fewer": c["times_fewer"]}
               for c in lo["closed_form"]]
     g = lo["gpt3"]
@@ -92,6 +96,12 @@ def lora_notes(r: dict) -> list[str]:
         f"{g['trainable_share']:.3g}, {g['times_fewer']:,.0f}× fewer.",
         f"**Forgetting**: loss on {r['forgetting'][next(iter(r['forgetting']))]['stories']} held-out whole stories "
         f"(nats/char) next to their exact floor:\n\n{markdown_table(forgot)}",
+    ]
+
+
+def transfer_notes(r: dict) -> list[str]:
+    held = r["transfer"]
+    return [
         f"**Transfer**: instruction-tuned on every task but *{held['task']}*, then asked {held['task']} questions: "
         f"exact match {held['before']:.4g} before, {held['after']:.4g} after (other tasks after: "
         + ", ".join(f"{t} {v:.3g}" for t, v in held["others_after"].items()) + "). Its greedy answers: "
@@ -183,6 +193,8 @@ def notes(r: dict) -> str:
         blocks += sft_notes(r)
     if "lora" in r:
         blocks += lora_notes(r)
+    if "transfer" in r:
+        blocks += transfer_notes(r)
     if "reward_model" in r:
         blocks += rm_notes(r)
     if "rl" in r:

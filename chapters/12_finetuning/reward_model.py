@@ -61,7 +61,7 @@ class RewardModel(nn.Module):
 
     def __init__(self, lm: GPT, kind: str = "match", d_key: int = 8, seed: int = 0):
         super().__init__()
-        self.lm, self.kind = lm.eval(), kind
+        self.lm, self.kind, self.d_key, self.seed = lm.eval(), kind, d_key, seed
         for p in self.lm.parameters():
             p.requires_grad_(False)
         d = lm.cfg.d_model
@@ -161,6 +161,22 @@ def train_reward_head(rm: RewardModel, feats: list[tuple], epochs: int, lr: floa
             total += batch_loss.item()
         losses.append(total / len(feats))
     return losses
+
+
+HEADS = (("match, BT", "match", "bt"), ("last token, BT", "last", "bt"), ("match, margin", "match", "margin"))
+
+
+def compare_heads(rm: RewardModel, feats_train, pairs_train, feats_test, pairs_test, epochs: int, lr: float) -> dict:
+    """Train every head of HEADS on the same cached features (`rm` itself becomes the match/BT one)."""
+    variants = {}
+    for name, kind, loss in HEADS:
+        head = rm if name == "match, BT" else RewardModel(rm.lm, kind, rm.d_key, rm.seed)
+        curve = train_reward_head(head, feats_train, epochs, lr, loss)
+        variants[name] = {"accuracy": rm_accuracy(head, feats_test, pairs_test), "losses": curve,
+                          "train_accuracy": rm_accuracy(head, feats_train, pairs_train)["overall"]}
+        print(f"  {name:>15}: held-out {variants[name]['accuracy']['overall']:.1%} "
+              f"(train {variants[name]['train_accuracy']:.1%})")
+    return variants
 
 
 def balanced_pairs(pairs: list[dict], per_task: int) -> list[dict]:

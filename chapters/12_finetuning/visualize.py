@@ -25,7 +25,9 @@ def draw(r: dict, plots_dir: Path, animations_dir: Path | None = None) -> list[P
     if "sft" in r:
         out.append(sft_lora(r, plots_dir))
     if "lora" in r:
-        out += [lora_share(r, plots_dir), forgetting_transfer(r, plots_dir)]
+        out.append(lora_share(r, plots_dir))
+    if {"sft", "lora", "transfer"} <= set(r):   # forgetting (lora part) beside transfer (transfer part)
+        out.append(forgetting_transfer(r, plots_dir))
     if "reward_model" in r:
         out.append(reward_model(r, plots_dir))
     if "rl" in r or "rlvr" in r:
@@ -82,8 +84,9 @@ def sft_lora(r: dict, plots_dir: Path) -> Path:
     """Held-out exact match per task for every way of fine-tuning, and per task during SFT."""
     sft = r["sft"]
     tasks = list(sft["after"]["per_task"])
-    runs = [("base", sft["before"], "base"), ("SFT", sft["after"], "sft"),
-            ("plain continuation", r["format"]["continuation"], "full-fine-tune")]
+    runs = [("base", sft["before"], "base"), ("SFT", sft["after"], "sft")]
+    if "format" in r:
+        runs.append(("plain continuation", r["format"]["continuation"], "full-fine-tune"))
     if "lora" in r:
         runs.append((f"LoRA r={r['lora']['rank']}", r["lora"]["accuracy"], "lora"))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), gridspec_kw={"width_ratios": [1.6, 1]})
@@ -219,6 +222,7 @@ def rl_curves(r: dict, plots_dir: Path) -> Path:
         _line(kl, steps, [max(p["kl"], 1e-3) for p in curve], name)
     em.set(ylabel="held-out exact match (greedy)", title="held-out questions")
     acc.set(ylabel="well-formed sampled answers", title="a possible answer + newline?")
+    acc.set_ylim(min(0.5, acc.get_ylim()[0]), 1.02)      # from 0.5: a drop of a sample or two is not a collapse
     rew.set(xlabel="update", ylabel="reward-model score (unit std)", title="the learned proxy")
     kl.set(xlabel="update", ylabel="KL to SFT (nats per answer)", title="distance from SFT")
     plotting.log_axis(kl, "y")
