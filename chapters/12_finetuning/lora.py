@@ -84,6 +84,15 @@ def merge_all(model: nn.Module) -> None:
             m.merge()
 
 
+@torch.no_grad()
+def merge_and_compare(model: nn.Module, x: torch.Tensor) -> float:
+    """Fold every adapter into its weight (`merge_all`); the largest logit change that caused,
+    which should be float rounding only: the merged model is the same function, with no adapter cost."""
+    before = model(x)
+    merge_all(model)
+    return (model(x) - before).abs().max().item()
+
+
 def unmerge_all(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, LoRALinear):

@@ -123,7 +123,12 @@ sft_id = hashlib.sha1(json.dumps([run.preset, seed, [getattr(cfg, k) for k in sf
 sft_path = run.checkpoints / f"12_finetuning_sft_{sft_id}.safetensors"
 
 
-def train_sft_policy():
+def sft_policy(train_it: bool = False):
+    """SFT from the grown base (the sft part), or the policy that part saved (every later part)."""
+    if sft_path.exists() and not train_it:
+        return checkpoint.load_model(sft_path)[0].eval(), None
+    if not train_it:
+        print(f"no saved SFT policy at {sft_path}: training it (run --part sft first to skip this)")
     model = copy.deepcopy(grown)
     curve = sft.sft_curve(model, tok, train, test, recipe, seed, every=cfg.sft_probe_every, masked=not cfg.unmasked,
                           desc="SFT (full)")
@@ -131,28 +136,12 @@ def train_sft_policy():
     return model.eval(), curve
 
 
-def sft_policy():
-    """The sft part's policy, saved by it; trained here when that part has not run with these settings."""
-    if sft_path.exists():
-        return checkpoint.load_model(sft_path)[0].eval()
-    print(f"no saved SFT policy at {sft_path}: training it (run --part sft first to skip this)")
-    return train_sft_policy()[0]
-
-
-def final_table(policies: dict, reward_fn) -> dict:
-    out = rl.compare(policies, sft_model, reward_fn, tok, rl_test, rc, seed + 99, cfg.eval_group)
-    for name, v in out.items():
-        print(f"{name:>14}: reward {v['reward']:+.2f}  KL {v['kl']:.3f} nats  sampled accuracy {v['accuracy']:.1%}  "
-              f"valid {v['validity']:.1%}  greedy {v['exact_match']:.1%}")
-    return out
-
-
 results = {"data": data}
 # %% 1. SFT with the loss on the answer only
 if run.part == "sft":
     with run.section("1. SFT: the loss on the answer only"):
         before = sft.exact_match(grown, tok, test)
-        sft_model, sft_curve = train_sft_policy()
+        sft_model, sft_curve = sft_policy(train_it=True)
         after = sft.exact_match(sft_model, tok, test)
         shown = [{"task": e.task, "question": sft.question_of(e), "gold": e.answer.strip(),
                   "before": sft.greedy_answer(grown, tok, e.prompt),
@@ -174,7 +163,7 @@ if run.part == "format":
 
 # %% 3. LoRA: a low-rank update of frozen weights
 if run.part == "lora":
-    sft_model = sft_policy()
+    sft_model = sft_policy()[0]
     with run.section("3. LoRA"):
         lora_model = copy.deepcopy(grown)
         wrappers = lora.add_lora(lora_model, cfg.lora_rank, 2.0 * cfg.lora_rank, seed=seed)
@@ -184,11 +173,7 @@ if run.part == "lora":
         lora_losses = sft.train_sft(lora_model, tok, train, steps=cfg.sft_steps, batch=cfg.batch, lr=cfg.lora_lr,
                                     seed=seed, desc=f"SFT (LoRA r={cfg.lora_rank})")
         lora_acc = sft.exact_match(lora_model.eval(), tok, test)
-        with torch.no_grad():
-            x, _ = sft.sft_batch(tok, test[:8])
-            unmerged = lora_model(x)
-            lora.merge_all(lora_model)
-            merge_diff = (lora_model(x) - unmerged).abs().max().item()
+        merge_diff = lora.merge_and_compare(lora_model, sft.sft_batch(tok, test[:8])[0])
         d = base.cfg.d_model
         print(f"LoRA r={cfg.lora_rank}: {n_lora + n_rows:,} trainable of {n_total:,}; exact match "
               f"{lora_acc['overall']:.1%}; merged vs unmerged {merge_diff:.1e}")
@@ -217,7 +202,7 @@ if run.part == "transfer":
 
 # %% 6. A reward model on preference pairs
 if run.part == "rlhf":
-    sft_model = sft_policy()
+    sft_model = sft_policy()[0]
     with run.section("6. Reward model: frozen SFT body + a head, Bradley-Terry"):
         pairs_train = sft.draw_pairs(wood, cfg.n_rm_train, seed * 1000 + 3, cfg.max_prompt_chars)
         avoid = seen | {p["prompt"].split("\n")[0].removeprefix("Story: ") for p in pairs_train}
@@ -251,22 +236,24 @@ if run.part == "rlhf":
             sft_model, learned, tok, pairs_train, rl_prompts, rc, seed + 11, steps=cfg.dpo_steps, batch=cfg.batch,
             lr=cfg.dpo_lr, beta=cfg.dpo_beta, probe_every=cfg.probe_every)
         dpo_held = rl.dpo_heldout(policies["DPO"], tok, pairs_test, sft_good, sft_bad)
-        results["rl"] = {"curves": curves, "final": final_table(policies, learned), "kl_beta": cfg.kl_beta,
+        final = rl.compare(policies, sft_model, learned, tok, rl_test, rc, seed + 99, cfg.eval_group)
+        results["rl"] = {"curves": curves, "final": final, "kl_beta": cfg.kl_beta,
                          "dpo": {"log": dpo_log, "heldout": dpo_held, "n_heldout": len(pairs_test)}}
 
 # %% 8. RL against a verifiable reward: the corpus knows every answer
 if run.part == "rlvr":
-    sft_model = sft_policy()
+    sft_model = sft_policy()[0]
     with run.section("8. RL against a verifiable rule: GRPO and PPO"):
         policies, curves = {"SFT": sft_model}, {}
         for name, method in (("GRPO, rule", "grpo"), ("PPO, rule", "ppo")):
             policies[name], curves[name] = rl.run_rl(method, sft_model, rl.rule_reward, tok, rl_prompts, rc,
                                                      seed + 11, cfg.kl_beta, heldout=rl_heldout)
-        results["rlvr"] = {"curves": curves, "final": final_table(policies, rl.rule_reward), "kl_beta": cfg.kl_beta}
+        final = rl.compare(policies, sft_model, rl.rule_reward, tok, rl_test, rc, seed + 99, cfg.eval_group)
+        results["rlvr"] = {"curves": curves, "final": final, "kl_beta": cfg.kl_beta}
 
 # %% 9. Extras: a domain step before SFT, classification, curriculum
 if run.part == "extras":
-    sft_model = sft_policy()
+    sft_model = sft_policy()[0]
     with run.section("9. Extras: a domain step before SFT"):
         english, wood_steps, dom_sft = cfg.dom_steps
         domain = run_domain(wood, train, test, english_steps=english, domain_steps=wood_steps, sft_steps=dom_sft,

@@ -211,8 +211,10 @@ def compare(policies: dict, ref: GPT, reward_fn, tok, prompts: list[Example], rc
         r = rollout(pol, ref, reward_fn, tok, prompts, rc, torch.Generator().manual_seed(seed), group=group)
         samples = [{"question": e.prompt.removesuffix("\nAnswer:"), "gold": e.answer.strip(), "answer": a}
                    for e, a in list(zip(r.examples, r.answers))[::group][:6]]
-        out[name] = {**rollout_stats(r), "exact_match": exact_match(pol, tok, prompts)["overall"],
-                     "top_answers": top_answers(r), "samples": samples}
+        out[name] = v = {**rollout_stats(r), "exact_match": exact_match(pol, tok, prompts)["overall"],
+                         "top_answers": top_answers(r), "samples": samples}
+        print(f"{name:>14}: reward {v['reward']:+.2f}  KL {v['kl']:.3f} nats  sampled accuracy {v['accuracy']:.1%}  "
+              f"valid {v['validity']:.1%}  greedy {v['exact_match']:.1%}")
     return out
 
 

@@ -14,7 +14,7 @@ not "re-learn the story text". Read in this order:
     optimise, train_sft              AdamW with warm-up + cosine decay over random batches
     train_only_new_rows              LoRA's companion: only the new vocabulary rows learn
     SFTRecipe, question_first        the measured recipe: the question BEFORE the story
-    sft_curve, format_comparison, held_out_task, forgetting    the chapter's SFT experiments
+    sft_curve, held_out_task, forgetting    the chapter's SFT experiments
 
 Why the question first: a causal model reads left to right. With the question after the story,
 every story position is computed before the model knows what will be asked, and the answer
@@ -263,6 +263,9 @@ class SFTRecipe:
 
 
 def question_of(ex: Example) -> str:
+    """The question alone, from a story-first or a question-first prompt."""
+    if ex.prompt.startswith("Question: "):
+        return ex.prompt.split("\n")[0].removeprefix("Question: ")
     return ex.prompt.split("\nQuestion: ")[-1].removesuffix("\nAnswer:")
 
 
@@ -287,13 +290,6 @@ def draw_split(wood, recipe: SFTRecipe, seed: int) -> tuple[list[Example], list[
     if recipe.question_first:
         train, test = [question_first(e) for e in train], [question_first(e) for e in test]
     return train, test
-
-
-def grow_for(model: GPT, base_chars: str, examples: list[Example], seed: int) -> tuple[GrownCharTokenizer, GPT]:
-    """A tokenizer for every character of `examples` (+ digits) and the base model grown to fit it."""
-    texts = "".join(e.prompt + e.answer for e in examples)
-    new_chars = "".join(sorted((set(texts) | set("0123456789")) - set(base_chars)))
-    return GrownCharTokenizer(base_chars, new_chars), grow_vocab(model, len(new_chars), seed).eval()
 
 
 def sft_curve(model: GPT, tok, train: list[Example], test: list[Example], recipe: SFTRecipe, seed: int,
@@ -322,23 +318,6 @@ def sft_curve(model: GPT, tok, train: list[Example], test: list[Example], recipe
     probe(recipe.steps)
     model.eval()
     return curve
-
-
-def format_comparison(grown: GPT, tok, train: list[Example], test: list[Example], recipe: SFTRecipe,
-                      seed: int, answer_only: dict | None = None) -> dict:
-    """The same examples, two losses: on the answer only (question/answer SFT) vs on every
-    token of prompt + answer (plain continuation, as if the examples were more story text).
-    `answer_only`: an exact_match dict of the recipe's SFT already trained (same seed, same
-    batches: the very same model), so only the continuation model is trained here."""
-    out = {} if answer_only is None else {"answer_only": answer_only}
-    for name, masked in (("answer_only", True), ("continuation", False)):
-        if name in out:
-            continue
-        model = copy.deepcopy(grown)
-        losses = train_sft(model, tok, train, steps=recipe.steps, batch=recipe.batch, lr=recipe.lr, seed=seed,
-                           desc=f"SFT ({name})", masked=masked)
-        out[name] = {**exact_match(model.eval(), tok, test), "final_loss": sum(losses[-20:]) / len(losses[-20:])}
-    return out
 
 
 def held_out_task(grown: GPT, tok, train: list[Example], test: list[Example], recipe: SFTRecipe, seed: int,
