@@ -50,7 +50,7 @@ def _held_error(r, predictor):
 LADDER_CLAIMS = [
     Claim("the gap against N is a U", _best_inside, above=1.5,
           what="budgets whose best size is inside the grid"),
-    Claim("N* grows about as C^0.5", lambda r: r["ladder"]["n_opt"]["a"], above=0.3, below=0.75,
+    Claim("N* grows about as C^0.6", lambda r: r["ladder"]["n_opt"]["a"], above=0.3, below=0.75,
           what="exponent a of N* ∝ C^a from the isoFLOP vertices"),
     Claim("It is not here",
           lambda r: r["ladder"]["frontier_slopes"][-1]["a"] / r["ladder"]["frontier_slopes"][0]["a"], below=0.5,

@@ -45,9 +45,9 @@ from shared.train import TrainConfig, make_optimizer, optimizer_step
 @dataclass(frozen=True)
 class LadderConfig:
     """Every knob of the ladder (main.py's Config carries the same field names)."""
-    sizes: tuple = ((2, 8, 2), (2, 12, 2), (2, 16, 2), (2, 24, 2), (2, 32, 2), (2, 48, 2), (2, 64, 2))  # (L, d, heads)
+    sizes: tuple = ((2, 10, 1), (2, 12, 2), (2, 16, 2), (2, 24, 2), (2, 32, 2), (2, 48, 2), (2, 64, 2))  # (L, d, heads)
     budgets: tuple = (2e10, 6e10, 2e11)   # compute budgets C = 6 N D (FLOPs) of the isoFLOP grid
-    held_out_budget: float = 6e11         # a larger budget: N* and its loss predicted before training
+    held_out_budget: float = 4e11         # twice the largest budget: N* and its loss predicted before training
     batch_size: int = 4
     seq_len: int = 256                    # >= most stories: windows start at a story's start (aligned)
     lr: float = 1e-2                      # one peak lr for every size (tiny models take a large one)
@@ -55,7 +55,7 @@ class LadderConfig:
     cooldown: float = 0.2                 # WSD: the last 20% of every run decays the lr linearly to 0
     eval_stories: int = 128
     min_steps: int = 40                   # a (size, budget) cell with fewer steps is not trained (all warm-up)
-    max_steps: int = 4000                 # nor one with more (a tiny model at a big budget: CPU time, not insight)
+    max_steps: int = 3500                 # nor one with more (a tiny model at a big budget: CPU time, not insight)
 
     def tokens_per_step(self) -> int:
         return self.batch_size * self.seq_len
@@ -223,8 +223,8 @@ def predict_held_out(fits: dict, sizes: list[dict], cfg, vocab_size: int) -> dic
     the best size at the largest budget if the grid gave no N* law) and predict its gap three
     ways: on the frontier law, by the Chinchilla form at its (N, D), and 'no change' (the best gap
     measured at the largest budget: what you would guess with no law at all)."""
-    C = cfg.held_out_budget
     top = max(cfg.budgets)
+    C = max(cfg.held_out_budget, 2 * top)     # always a prediction: past the largest budget trained (--budgets)
     at_top = [(p["gap"], s) for s in sizes for p in s["points"] if p["budget"] == top]
     best_gap, best = min(at_top, key=lambda t: t[0])
     n_star = float(sl.loglog(C, fits["n_opt"])) if fits["n_opt"] else float(best["params"])
