@@ -3,7 +3,7 @@ to one that prefers the answers a reward says are good.
 
 The base model (shared.zoo "wood-llama") only continues Hundred Acre Wood stories. In seven parts:
 
-  sft       grow the vocabulary, SFT with the loss on the answer only (the policy every later part starts from);
+  sft       grow the vocabulary, SFT with the loss on the answer only (saved: lora, rlhf, rlvr, extras load it);
   format    the same examples as plain text (the loss on every token);
   lora      LoRA, and what SFT makes the model forget;
   transfer  a task left out of instruction tuning;
@@ -14,7 +14,7 @@ The base model (shared.zoo "wood-llama") only continues Hundred Acre Wood storie
 
 Read `sft.py` → `lora.py` → `reward_model.py` → `rl.py` first (then `domain.py`, `classify.py`,
 `curriculum.py` for the extras), then this file. Run a part with
-`uv run chapters/12_finetuning/main.py --part sft` (the parts after `sft` reuse its saved policy),
+`uv run chapters/12_finetuning/main.py --part sft` (run it first: later parts load its policy),
 or cell by cell (# %%) in VS Code / PyCharm / Jupyter.
 """
 # %% Setup: the experiment's knobs, one Config per preset
